@@ -1,0 +1,283 @@
+#include "diffusion/wan_dit.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "kernels/attention.h"
+
+namespace reel {
+
+namespace {
+
+std::string blk(int i, const char* rest) {
+    return "blocks." + std::to_string(i) + "." + rest;
+}
+
+// Identity when the norm was not loaded (qk_norm / cross_attn_norm off).
+at::Tensor maybe_rms(const RMSNorm& n, const at::Tensor& x) {
+    return n.weight.defined() ? n.forward(x) : x;
+}
+at::Tensor maybe_ln(const LayerNorm& n, const at::Tensor& x) {
+    return n.dim > 0 ? n.forward(x) : x;
+}
+
+// Plain LayerNorm over the last dim (norm1, norm2, head.norm have no parameters).
+at::Tensor plain_ln(const at::Tensor& x, int64_t dim, double eps) {
+    return at::layer_norm(x, {dim}, {}, {}, eps);
+}
+
+void record(TensorMap* trace, const std::string& name, const at::Tensor& t) {
+    if (trace)
+        (*trace)[name] = t.detach().to(at::kCPU).clone();
+}
+
+}  // namespace
+
+WanDit::WanDit(const WanDitConfig& cfg, const TensorMap& weights, c10::Device device, c10::ScalarType dtype)
+    : cfg_(cfg), device_(device), dtype_(dtype), rope_((cfg.validate(), cfg.head_dim()), device) {
+    const int64_t dim = cfg.dim;
+    WeightStore ws(weights, device, dtype);
+    at::Tensor pw = ws.take("patch_embedding.weight", {dim, cfg.in_dim, cfg.patch[0], cfg.patch[1], cfg.patch[2]});
+    patch_b_ = ws.take("patch_embedding.bias", {dim});
+    if (pw.defined())
+        patch_w_ = pw.reshape({dim, -1}).contiguous();
+    text0_.load(ws, "text_embedding.0", cfg.text_dim, dim);
+    text2_.load(ws, "text_embedding.2", dim, dim);
+    time0_.load(ws, "time_embedding.0", cfg.freq_dim, dim);
+    time2_.load(ws, "time_embedding.2", dim, dim);
+    time_proj_.load(ws, "time_projection.1", dim, 6 * dim);
+    blocks_.resize(cfg.num_layers);
+    for (int i = 0; i < cfg.num_layers; ++i) {
+        WanBlock& b = blocks_[i];
+        b.modulation = ws.take(blk(i, "modulation"), {1, 6, dim});
+        b.q.load(ws, blk(i, "self_attn.q"), dim, dim);
+        b.k.load(ws, blk(i, "self_attn.k"), dim, dim);
+        b.v.load(ws, blk(i, "self_attn.v"), dim, dim);
+        b.o.load(ws, blk(i, "self_attn.o"), dim, dim);
+        if (cfg.qk_norm) {
+            b.norm_q.load(ws, blk(i, "self_attn.norm_q"), dim, cfg.eps);
+            b.norm_k.load(ws, blk(i, "self_attn.norm_k"), dim, cfg.eps);
+        }
+        if (cfg.cross_attn_norm)
+            b.norm3.load(ws, blk(i, "norm3"), dim, cfg.eps);
+        b.cross_q.load(ws, blk(i, "cross_attn.q"), dim, dim);
+        b.cross_k.load(ws, blk(i, "cross_attn.k"), dim, dim);
+        b.cross_v.load(ws, blk(i, "cross_attn.v"), dim, dim);
+        b.cross_o.load(ws, blk(i, "cross_attn.o"), dim, dim);
+        if (cfg.qk_norm) {
+            b.cross_norm_q.load(ws, blk(i, "cross_attn.norm_q"), dim, cfg.eps);
+            b.cross_norm_k.load(ws, blk(i, "cross_attn.norm_k"), dim, cfg.eps);
+        }
+        b.ffn0.load(ws, blk(i, "ffn.0"), dim, cfg.ffn_dim);
+        b.ffn2.load(ws, blk(i, "ffn.2"), cfg.ffn_dim, dim);
+    }
+    head_modulation_ = ws.take("head.modulation", {1, 2, dim});
+    head_.load(ws, "head.head", dim, cfg.out_dim * cfg.patch_volume());
+    ws.finish("Wan DiT (" + std::to_string(cfg.num_layers) + " layers, dim " + std::to_string(dim) + ")");
+}
+
+void WanDit::set_context(const at::Tensor& ctx) {
+    // ctx: [B, Lt, text_dim], Lt <= text_len
+    if (ctx.dim() != 3 || ctx.size(2) != cfg_.text_dim || ctx.size(1) > cfg_.text_len)
+        throw std::runtime_error("Wan DiT: context must be [B, <=" + std::to_string(cfg_.text_len) + ", " +
+                                 std::to_string(cfg_.text_dim) + "]");
+    at::Tensor c = ctx.to(device_, dtype_);
+    if (c.size(1) < cfg_.text_len)  // the reference pads with zero rows, which are attended to
+        c = at::cat({c, at::zeros({c.size(0), cfg_.text_len - c.size(1), c.size(2)}, c.options())}, 1);
+    context_emb_ = text2_.forward(gelu_tanh(text0_.forward(c)));  // [B, text_len, dim]
+    const int64_t b = c.size(0), n = cfg_.num_heads, d = cfg_.head_dim();
+    for (WanBlock& blk : blocks_) {
+        blk.cross_kc = maybe_rms(blk.cross_norm_k, blk.cross_k.forward(context_emb_)).view({b, cfg_.text_len, n, d});
+        blk.cross_vc = blk.cross_v.forward(context_emb_).view({b, cfg_.text_len, n, d});
+    }
+}
+
+std::pair<at::Tensor, at::Tensor> WanDit::cross_kv(int layer) const {
+    const WanBlock& b = blocks_.at(layer);
+    return {b.cross_kc, b.cross_vc};
+}
+
+at::Tensor WanDit::sinusoid(const at::Tensor& t) const {
+    // t: [N] -> [N, freq_dim]; a_j = t * 10000^(-j/half), [cos a, sin a], in float64 like the reference
+    const int64_t half = cfg_.freq_dim / 2;
+    auto opts = at::TensorOptions().dtype(at::kDouble).device(device_);
+    at::Tensor inv = at::pow(10000.0, at::arange(half, opts).neg().div(static_cast<double>(half)));
+    at::Tensor a = at::outer(t.to(device_, at::kDouble), inv);
+    return at::cat({at::cos(a), at::sin(a)}, 1).to(dtype_);
+}
+
+at::Tensor WanDit::roped_keys(const KVView& view, int64_t hp, int64_t wp) const {
+    // view.k: [B, T, N, D]
+    if (!key_pos_memo_.defined() || key_grid_memo_ != hp * 100000 + wp ||
+        key_pos_memo_.numel() != view.frame_pos.numel() ||
+        (!key_pos_memo_.is_same(view.frame_pos) && !at::equal(key_pos_memo_, view.frame_pos))) {
+        key_table_memo_ = rope_.table_for_tokens(view.frame_pos, hp, wp);
+        key_pos_memo_ = view.frame_pos;
+        key_grid_memo_ = hp * 100000 + wp;
+    }
+    return rope_.apply(view.k, key_table_memo_);
+}
+
+at::Tensor WanDit::forward(const at::Tensor& x_in,
+                           const at::Tensor& t_in,
+                           int64_t start_frame,
+                           KVCache& cache,
+                           TensorMap* trace) {
+    // x_in: [B, F, C, H, W], t_in: [B, F]
+    if (!has_context())
+        throw std::runtime_error("Wan DiT: forward called before set_context");
+    if (cfg_.patch[0] != 1)
+        throw std::runtime_error("Wan DiT: the causal path needs a temporal patch of 1 (per-frame timesteps)");
+    if (x_in.dim() != 5 || x_in.size(2) != cfg_.in_dim)
+        throw std::runtime_error("Wan DiT: latents must be [B, F, " + std::to_string(cfg_.in_dim) + ", H, W]");
+    const int64_t b = x_in.size(0), f = x_in.size(1), c = x_in.size(2), h = x_in.size(3), w = x_in.size(4);
+    const int64_t ph = cfg_.patch[1], pw = cfg_.patch[2];
+    if (h % ph != 0 || w % pw != 0)
+        throw std::runtime_error("Wan DiT: latent size " + std::to_string(h) + "x" + std::to_string(w) +
+                                 " is not a multiple of the patch");
+    if (context_emb_.size(0) != b)
+        throw std::runtime_error("Wan DiT: context batch differs from the latents batch");
+    const int64_t hp = h / ph, wp = w / pw, s = hp * wp, l = f * s;
+    const int64_t dim = cfg_.dim, n = cfg_.num_heads, d = cfg_.head_dim();
+    at::Tensor t = t_in.to(device_, at::kFloat);
+    if (t.dim() == 1)
+        t = t.unsqueeze(1).expand({b, f});
+    if (t.dim() != 2 || t.size(0) != b || t.size(1) != f)
+        throw std::runtime_error("Wan DiT: timestep must be [B, F] (one per frame)");
+
+    // Patch embedding (Conv3d k = s = patch) as a linear over flattened patches; tokens in (f, h, w) order.
+    at::Tensor xp = x_in.to(device_, dtype_)
+                        .view({b, f, c, hp, ph, wp, pw})
+                        .permute({0, 1, 3, 5, 2, 4, 6})
+                        .reshape({b, l, c * ph * pw});
+    at::Tensor x = at::linear(xp, patch_w_, patch_b_);  // [B, L, dim]
+    if (trace) {
+        record(trace, "patch_embedding.out", x.view({b, f, hp, wp, dim}).permute({0, 4, 1, 2, 3}));
+        record(trace, "text_embedding.out", context_emb_);
+    }
+
+    // Time: e [B*F, dim] feeds the head, e0 [B, F, 6, dim] the blocks.
+    at::Tensor e = time2_.forward(at::silu(time0_.forward(sinusoid(t.reshape({-1})))));
+    at::Tensor e0 = time_proj_.forward(at::silu(e));
+    record(trace, "time_embedding.out", e);
+    record(trace, "time_projection.out", e0);
+    e0 = e0.view({b, f, 6, dim});
+
+    const RopeTable q_table = rope_.table_for_range(start_frame, f, hp, wp);
+    // Modulated LayerNorm, per frame: LN(x) * (1 + scale) + shift; shift/scale [B, F, 1, dim].
+    auto modulate = [&](const at::Tensor& xx, const at::Tensor& shift, const at::Tensor& scale) {
+        return (plain_ln(xx, dim, cfg_.eps).view({b, f, s, dim}) * (1 + scale) + shift).view({b, l, dim});
+    };
+    auto gated = [&](const at::Tensor& y, const at::Tensor& gate) {
+        return (y.view({b, f, s, dim}) * gate).view({b, l, dim});
+    };
+
+    for (int i = 0; i < cfg_.num_layers; ++i) {
+        WanBlock& blk = blocks_[i];
+        const std::string p = "blocks." + std::to_string(i) + ".";
+        record(trace, p + "in", x);
+        at::Tensor m = blk.modulation.unsqueeze(1) + e0;  // [B, F, 6, dim]
+        auto mod = [&](int64_t r) { return m.narrow(2, r, 1); };
+
+        // Self-attention over the cache (which now includes this chunk).
+        at::Tensor hs = modulate(x, mod(0), mod(1));
+        record(trace, p + "self_attn.in", hs);
+        at::Tensor q = maybe_rms(blk.norm_q, blk.q.forward(hs)).view({b, l, n, d});
+        at::Tensor k = maybe_rms(blk.norm_k, blk.k.forward(hs)).view({b, l, n, d});
+        at::Tensor v = blk.v.forward(hs).view({b, l, n, d});
+        cache.write(i, start_frame, f, k, v);
+        KVView kv = cache.view(i);
+        at::Tensor y = attention(rope_.apply(q, q_table), roped_keys(kv, hp, wp), kv.v, kv.bias);
+        y = blk.o.forward(y.reshape({b, l, dim}));
+        record(trace, p + "self_attn.out", y);
+        x = x + gated(y, mod(2));
+
+        // Cross-attention to the cached text K/V (no modulation, no gate).
+        at::Tensor hc = maybe_ln(blk.norm3, x);
+        record(trace, p + "cross_attn.in", hc);
+        at::Tensor cq = maybe_rms(blk.cross_norm_q, blk.cross_q.forward(hc)).view({b, l, n, d});
+        at::Tensor yc = blk.cross_o.forward(attention(cq, blk.cross_kc, blk.cross_vc).reshape({b, l, dim}));
+        record(trace, p + "cross_attn.out", yc);
+        x = x + yc;
+
+        // FFN.
+        at::Tensor hf = modulate(x, mod(3), mod(4));
+        record(trace, p + "ffn.in", hf);
+        at::Tensor yf = blk.ffn2.forward(gelu_tanh(blk.ffn0.forward(hf)));
+        record(trace, p + "ffn.out", yf);
+        x = x + gated(yf, mod(5));
+        record(trace, p + "out", x);
+    }
+
+    // Head: modulated by e (the time embedding), not e0.
+    at::Tensor hm = head_modulation_.unsqueeze(1) + e.view({b, f, 1, dim});  // [B, F, 2, dim]
+    at::Tensor o = head_.forward(modulate(x, hm.narrow(2, 0, 1), hm.narrow(2, 1, 1))).view({b, f, s, -1});
+    record(trace, "head.out", o);
+    // Unpatchify: token (f, hp, wp) outputs ordered (q, r, c) -> [B, F, C, H, W].
+    const int64_t co = cfg_.out_dim;
+    return o.view({b, f, hp, wp, ph, pw, co}).permute({0, 1, 6, 2, 4, 3, 5}).reshape({b, f, co, h, w});
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> wan_dit_tensor_shapes(const WanDitConfig& cfg) {
+    const int64_t dim = cfg.dim;
+    std::vector<std::pair<std::string, std::vector<int64_t>>> s;
+    auto lin = [&](const std::string& name, int64_t in, int64_t out) {
+        s.push_back({name + ".weight", {out, in}});
+        s.push_back({name + ".bias", {out}});
+    };
+    s.push_back({"patch_embedding.weight", {dim, cfg.in_dim, cfg.patch[0], cfg.patch[1], cfg.patch[2]}});
+    s.push_back({"patch_embedding.bias", {dim}});
+    lin("text_embedding.0", cfg.text_dim, dim);
+    lin("text_embedding.2", dim, dim);
+    lin("time_embedding.0", cfg.freq_dim, dim);
+    lin("time_embedding.2", dim, dim);
+    lin("time_projection.1", dim, 6 * dim);
+    for (int i = 0; i < cfg.num_layers; ++i) {
+        s.push_back({blk(i, "modulation"), {1, 6, dim}});
+        for (const char* a : {"self_attn", "cross_attn"}) {
+            for (const char* pr : {"q", "k", "v", "o"})
+                lin(blk(i, a) + "." + pr, dim, dim);
+            if (cfg.qk_norm) {
+                s.push_back({blk(i, a) + ".norm_q.weight", {dim}});
+                s.push_back({blk(i, a) + ".norm_k.weight", {dim}});
+            }
+        }
+        if (cfg.cross_attn_norm) {
+            s.push_back({blk(i, "norm3.weight"), {dim}});
+            s.push_back({blk(i, "norm3.bias"), {dim}});
+        }
+        lin(blk(i, "ffn.0"), dim, cfg.ffn_dim);
+        lin(blk(i, "ffn.2"), cfg.ffn_dim, dim);
+    }
+    s.push_back({"head.modulation", {1, 2, dim}});
+    lin("head.head", dim, cfg.out_dim * cfg.patch_volume());
+    return s;
+}
+
+TensorMap random_wan_dit_weights(const WanDitConfig& cfg, uint64_t seed, c10::ScalarType dtype) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    TensorMap out;
+    auto ends_with = [](const std::string& a, const std::string& b) {
+        return a.size() >= b.size() && a.compare(a.size() - b.size(), b.size(), b) == 0;
+    };
+    for (const auto& ns : wan_dit_tensor_shapes(cfg)) {
+        const std::string& name = ns.first;
+        at::Tensor t = at::randn(ns.second, gen, at::TensorOptions().dtype(at::kFloat));
+        if (ends_with(name, "modulation")) {
+            t.div_(std::sqrt(static_cast<double>(cfg.dim)));
+        } else if (name.find("norm") != std::string::npos && ends_with(name, ".weight")) {
+            t.mul_(0.1).add_(1.0);
+        } else if (ends_with(name, ".bias")) {
+            t.mul_(0.1);
+        } else {  // Linear / conv weight [out, in, ...]
+            t.div_(std::sqrt(static_cast<double>(t.numel() / t.size(0))));
+        }
+        out[name] = dtype == at::kFloat ? t : t.to(dtype);
+    }
+    return out;
+}
+
+}  // namespace reel
