@@ -2,6 +2,7 @@
 // interrupted and empty runs, bad paths, odd sizes.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <unistd.h>
 #include <cmath>
 #include <cstdio>
@@ -369,4 +370,52 @@ TEST(Video, ReaderErrorsNameThePath) {
     std::string junk = tmp() / "junk.mp4";
     std::ofstream(junk) << "not a video";
     EXPECT_THROW(VideoReader::open(junk), std::runtime_error);
+}
+
+TEST(Video, BadEncoderSettingsThrowAtOpen) {
+    std::string path = tmp() / "bad_preset.mp4";
+    VideoFormat format{64, 64};
+    format.preset = "no-such-preset";
+    try {
+        open_mp4_writer(path, format);
+        ADD_FAILURE() << "bad preset accepted";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("no-such-preset"), std::string::npos) << e.what();
+    }
+    format.preset = "medium";
+    format.crf = 60;
+    EXPECT_THROW(open_mp4_writer(path, format), std::runtime_error);
+    format.crf = 18;
+    format.fps = 0;
+    EXPECT_THROW(open_mp4_writer(path, format), std::runtime_error);
+    EXPECT_FALSE(fs::exists(path));
+}
+
+TEST(Video, Y4mToStdout) {
+    // "-" writes y4m to stdout; redirect fd 1 into a file for the duration to check what came out.
+    const int w = 16, h = 8, n = 3;
+    std::string path = tmp() / "stdout.y4m";
+    std::fflush(stdout);
+    int saved = ::dup(1);
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0);
+    ::dup2(fd, 1);
+    ::close(fd);
+    {
+        std::unique_ptr<VideoWriter> writer = open_video_writer("-", VideoFormat{w, h, 16});
+        for (int t = 0; t < n; t++)
+            writer->write(pattern_frame(t, w, h).data());
+        writer->close();
+    }
+    std::fflush(stdout);
+    ::dup2(saved, 1);
+    ::close(saved);
+    std::unique_ptr<VideoReader> reader = VideoReader::open(path);
+    EXPECT_EQ(reader->info().width, w);
+    EXPECT_EQ(reader->info().height, h);
+    std::vector<uint8_t> rgb;
+    int count = 0;
+    while (reader->read(rgb))
+        count++;
+    EXPECT_EQ(count, n);
 }

@@ -1,9 +1,12 @@
 #include "src/video/image_io.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
 
 #include "src/video/ffmpeg_util.h"
@@ -12,13 +15,12 @@
 namespace reel {
 
 void quiet_ffmpeg_logs() {
-    static bool done = false;
-    if (done)
-        return;
-    done = true;
-    const char* env = std::getenv("REEL_FFMPEG_LOG");
-    if (!env || std::strcmp(env, "1") != 0)
-        av_log_set_level(AV_LOG_ERROR);
+    static std::once_flag once;
+    std::call_once(once, [] {
+        const char* env = std::getenv("REEL_FFMPEG_LOG");
+        if (!env || std::strcmp(env, "1") != 0)
+            av_log_set_level(AV_LOG_ERROR);
+    });
 }
 
 void copy_rgb_into_frame(AVFrame* frame, const uint8_t* rgb, int w, int h) {
