@@ -4,42 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 
 #include "diffusion/wan_vae.h"
+#include "weights/safetensors.h"
 
 namespace reel {
 namespace {
-
-// Minimal safetensors reader (F32/I64 only) until weights/safetensors.h is available.
-TensorMap read_st(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f)
-        throw std::runtime_error("cannot open " + path);
-    uint64_t n = 0;
-    f.read(reinterpret_cast<char*>(&n), 8);
-    std::string header(n, ' ');
-    f.read(&header[0], std::streamsize(n));
-    const auto j = nlohmann::json::parse(header);
-    std::vector<char> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    TensorMap out;
-    for (auto it = j.begin(); it != j.end(); ++it) {
-        if (it.key() == "__metadata__")
-            continue;
-        const std::string dt = it.value().at("dtype");
-        const auto shape = it.value().at("shape").get<std::vector<int64_t>>();
-        const auto off = it.value().at("data_offsets").get<std::vector<uint64_t>>();
-        at::ScalarType st = dt == "F32" ? at::kFloat : dt == "I64" ? at::kLong : dt == "F64" ? at::kDouble : at::kByte;
-        at::Tensor t = at::empty(shape, at::TensorOptions().dtype(st));
-        EXPECT_EQ(off[1] - off[0], uint64_t(t.nbytes())) << it.key();
-        std::memcpy(t.data_ptr(), data.data() + off[0], t.nbytes());
-        out[it.key()] = t;
-    }
-    return out;
-}
 
 const std::string kGolden = std::string(REEL_TEST_DATA) + "/golden/";
 
@@ -61,8 +34,8 @@ void expect_close(const at::Tensor& got_in,
 }
 
 struct Golden {
-    TensorMap weights = read_st(kGolden + "vae_weights.safetensors");
-    TensorMap cases = read_st(kGolden + "vae_cases.safetensors");
+    TensorMap weights = load_safetensors(kGolden + "vae_weights.safetensors");
+    TensorMap cases = load_safetensors(kGolden + "vae_cases.safetensors");
     TensorMap all() const {
         TensorMap m = weights;
         m["scale.mean"] = cases.at("scale.mean");
