@@ -1,0 +1,111 @@
+#include "diffusion/rollout.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <stdexcept>
+
+namespace reel {
+
+namespace {
+double ms_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+CausalRollout::CausalRollout(WanDit& dit, KVCache& cache, RolloutConfig cfg)
+    : dit_(dit),
+      cache_(cache),
+      cfg_(std::move(cfg)),
+      sched_(cfg_.shift),
+      gen_(at::make_generator<at::CPUGeneratorImpl>(cfg_.seed)) {
+    if (cfg_.chunk_frames <= 0 || cfg_.steps.empty() || cfg_.batch <= 0)
+        throw std::runtime_error("rollout: chunk_frames, batch and the step list must be non-empty");
+    if (cfg_.channels != dit_.config().in_dim)
+        throw std::runtime_error("rollout: latent channels " + std::to_string(cfg_.channels) +
+                                 " differ from the model's in_dim " + std::to_string(dit_.config().in_dim));
+    if (cache_.num_layers() != dit_.config().num_layers)
+        throw std::runtime_error("rollout: cache has " + std::to_string(cache_.num_layers()) + " layers, model " +
+                                 std::to_string(dit_.config().num_layers));
+    if (cfg_.warp) {
+        steps_ = sched_.warp_steps(cfg_.steps);
+    } else {
+        for (double s : cfg_.steps)
+            steps_.push_back(static_cast<float>(s));
+    }
+}
+
+void CausalRollout::set_context(const at::Tensor& ctx) {
+    if (ctx.size(0) != cfg_.batch)
+        throw std::runtime_error("rollout: context batch differs from the config's");
+    dit_.set_context(ctx);
+}
+
+void CausalRollout::reset(uint64_t seed) {
+    cache_.reset();
+    gen_ = at::make_generator<at::CPUGeneratorImpl>(seed);
+    cfg_.seed = seed;
+    chunks_done_ = 0;
+    calls_done_ = 0;
+}
+
+at::Tensor CausalRollout::noise(NoiseRequest::Kind kind, int step) {
+    NoiseRequest req{
+        kind, chunks_done_, step, {cfg_.batch, cfg_.chunk_frames, cfg_.channels, cfg_.latent_h, cfg_.latent_w}};
+    at::Tensor n;
+    if (noise_hook_) {
+        n = noise_hook_(req);
+        if (n.sizes() != at::IntArrayRef(req.shape))
+            throw std::runtime_error("rollout: noise hook returned a wrong shape");
+    } else {
+        // Drawn on the CPU so a seed gives the same video on every device.
+        n = at::randn(req.shape, gen_, at::TensorOptions().dtype(at::kFloat));
+    }
+    return n.to(dit_.device(), dit_.dtype());
+}
+
+at::Tensor CausalRollout::call(const at::Tensor& x, float t, int step) {
+    // x: [B, F, C, H, W] -> flow [B, F, C, H, W]; returns x0
+    at::Tensor ts = at::full({cfg_.batch, cfg_.chunk_frames}, t, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor flow = dit_.forward(x, ts, chunks_done_ * cfg_.chunk_frames, cache_);
+    at::Tensor x0 = sched_.flow_to_x0(flow, x, ts);
+    if (observer_)
+        observer_(CallRecord{calls_done_, chunks_done_, step, x, ts, flow, x0});
+    ++calls_done_;
+    return x0;
+}
+
+at::Tensor CausalRollout::next_chunk() {
+    if (!dit_.has_context())
+        throw std::runtime_error("rollout: set_context before next_chunk");
+    const int n_steps = static_cast<int>(steps_.size());
+    const auto t0 = std::chrono::steady_clock::now();
+    at::Tensor x = noise(NoiseRequest::kInitial, -1);
+    at::Tensor x0;
+    for (int i = 0; i < n_steps; ++i) {
+        x0 = call(x, steps_[i], i);
+        if (i + 1 < n_steps) {
+            // Fresh noise at the next level, not the chunk's initial noise.
+            at::Tensor tn =
+                at::full({cfg_.batch, cfg_.chunk_frames}, steps_[i + 1], at::TensorOptions().dtype(at::kFloat));
+            x = sched_.add_noise(x0, noise(NoiseRequest::kRenoise, i), tn);
+        }
+    }
+    timing_.denoise_ms = ms_since(t0);
+
+    // Cache pass: write the K/V of the clean chunk (outputs discarded).
+    const auto t1 = std::chrono::steady_clock::now();
+    at::Tensor xc = x0;
+    const float tc = static_cast<float>(cfg_.context_noise);
+    if (tc > 0) {
+        at::Tensor tn = at::full({cfg_.batch, cfg_.chunk_frames}, tc, at::TensorOptions().dtype(at::kFloat));
+        xc = sched_.add_noise(x0, noise(NoiseRequest::kContext, n_steps), tn);
+    }
+    call(xc, tc, -1);
+    timing_.cache_pass_ms = ms_since(t1);
+    ++chunks_done_;
+    return x0;
+}
+
+}  // namespace reel

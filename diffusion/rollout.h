@@ -1,0 +1,94 @@
+// Self-Forcing inference: the video is generated chunk by chunk (F latent frames each). Per chunk: denoise with
+// the few-step list (x0 from flow, re-noise with fresh noise between steps), then one t=0 pass over the final x0
+// that writes the clean chunk's K/V into the cache, and advance. Chunks come out one at a time so a caller can
+// stream them to a VAE decoder.
+#pragma once
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "cache/kv_cache.h"
+#include "diffusion/scheduler.h"
+#include "diffusion/wan_dit.h"
+
+namespace reel {
+
+struct RolloutConfig {
+    int chunk_frames = 3;
+    std::vector<double> steps{1000, 750, 500, 250};
+    double shift = 5.0;
+    bool warp = true;            // Self-Forcing's warp_denoising_step
+    double context_noise = 0.0;  // timestep of the cache pass (x0 re-noised to it when > 0)
+    int64_t batch = 1;
+    int64_t latent_h = 60, latent_w = 104, channels = 16;  // 480x832 video
+    uint64_t seed = 0;
+};
+
+struct ChunkTiming {
+    double denoise_ms = 0;     // all denoising calls of the chunk, with the scheduler math
+    double cache_pass_ms = 0;  // the t=context_noise pass that writes the clean K/V
+};
+
+// Where fresh Gaussian noise is needed: the chunk's initial noise (step -1), the re-noise after denoising step
+// `step`, or the context noise of the cache pass (step = number of steps).
+struct NoiseRequest {
+    enum Kind { kInitial, kRenoise, kContext } kind;
+    int64_t chunk;
+    int step;
+    std::vector<int64_t> shape;  // [B, F, C, H, W]
+};
+// Returns a tensor of `shape` (any device/dtype); replaces the seeded generator (tests inject golden noise).
+using NoiseHook = std::function<at::Tensor(const NoiseRequest&)>;
+
+// One model call, for tests and tracing: input [B,F,C,H,W], timestep [B,F], flow and x0 [B,F,C,H,W].
+struct CallRecord {
+    int64_t call, chunk;
+    int step;  // -1 for the cache pass
+    at::Tensor input, timestep, flow, x0;
+};
+using CallObserver = std::function<void(const CallRecord&)>;
+
+class CausalRollout {
+  public:
+    CausalRollout(WanDit& dit, KVCache& cache, RolloutConfig cfg);
+
+    // ctx: [B, <= text_len, text_dim] text encoder output; its cross-attention K/V is computed once here.
+    void set_context(const at::Tensor& ctx);
+    void set_noise_hook(NoiseHook hook) { noise_hook_ = std::move(hook); }
+    void set_call_observer(CallObserver obs) { observer_ = std::move(obs); }
+
+    // Generates the next chunk; returns its clean latents [B, F, C, H, W] (pipeline layout, model dtype).
+    at::Tensor next_chunk();
+    ChunkTiming last_timing() const { return timing_; }
+    int64_t frames_done() const { return chunks_done_ * cfg_.chunk_frames; }
+    int64_t chunks_done() const { return chunks_done_; }
+
+    // Starts a new video at frame 0 (clears the cache, reseeds); the context stays.
+    void reset(uint64_t seed);
+
+    const RolloutConfig& config() const { return cfg_; }
+    // The timesteps the model sees, after warping: [1000, 937.5, 833.33, 625] by default.
+    const std::vector<float>& timesteps() const { return steps_; }
+    const FlowMatchScheduler& scheduler() const { return sched_; }
+
+  private:
+    at::Tensor noise(NoiseRequest::Kind kind, int step);
+    at::Tensor call(const at::Tensor& x, float t, int step);
+
+    WanDit& dit_;
+    KVCache& cache_;
+    RolloutConfig cfg_;
+    FlowMatchScheduler sched_;
+    std::vector<float> steps_;
+    at::Generator gen_;
+    NoiseHook noise_hook_;
+    CallObserver observer_;
+    ChunkTiming timing_;
+    int64_t chunks_done_ = 0;
+    int64_t calls_done_ = 0;
+};
+
+}  // namespace reel
