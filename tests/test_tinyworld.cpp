@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -490,6 +491,25 @@ TEST(TinyworldEvaluator, RicherPrompts) {
             EXPECT_GE(r.object_present, 0.9) << p;
         }
     }
+}
+
+// A learned decoder also washes colours out and tints them a little.
+TEST(TinyworldEvaluator, RobustToContrastLossAndTint) {
+    std::vector<EvalReport> reports;
+    for (const std::string& p : tinyworld_suite("eval")) {
+        Video v = render(p);
+        for (auto& f : v) {
+            for (size_t i = 0; i < f.size(); ++i) {
+                const double tint[3] = {10.0, 0.0, -8.0};
+                double x = 128.0 + 0.8 * (f[i] - 128.0) + tint[i % 3];
+                f[i] = static_cast<uint8_t>(std::lround(std::min(255.0, std::max(0.0, x))));
+            }
+        }
+        blur(&v, 64, 64, 1.0);
+        reports.push_back(evaluate_frames(v, 64, 64, p));
+    }
+    SuiteScores s{summarize_reports(reports), reports};
+    expect_all_attributes_at_least(s, 0.98, "contrast 0.8 + tint + blur 1");
 }
 
 // Not a requirement: how the scores degrade under heavier blur, closer to what a small learned VAE does.
