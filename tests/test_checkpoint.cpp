@@ -174,7 +174,7 @@ TEST(Checkpoint, ClearErrors) {
     EXPECT_NE(err.find("unknown checkpoint format"), std::string::npos) << err;
 
     err = error_of([] { load_checkpoint(kGolden); });
-    EXPECT_NE(err.find(kGolden), std::string::npos) << err;
+    EXPECT_NE(err.find("is a directory"), std::string::npos) << err;
 
     const std::string empty = tmp_path("empty.safetensors");
     save_safetensors(empty, {});
@@ -185,7 +185,7 @@ TEST(Checkpoint, ClearErrors) {
     const std::string zero = tmp_path("zero.pt");
     std::ofstream(zero).close();
     err = error_of([&] { load_checkpoint(zero); });
-    EXPECT_NE(err.find("unknown checkpoint format"), std::string::npos) << err;
+    EXPECT_NE(err.find("the file is empty"), std::string::npos) << err;
     fs::remove(zero);
 
     err = error_of([] { load_checkpoint(kPickle + "malicious.pt"); });

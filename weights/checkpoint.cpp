@@ -121,6 +121,8 @@ TensorMap load_checkpoint(const std::string& path, const CheckpointOptions& opts
             group = *groups.begin();
         raw = load_torch_checkpoint(path, group);
     } else {
+        if (read_file_head(path, 1).empty())
+            throw std::runtime_error("cannot load " + path + ": the file is empty");
         throw std::runtime_error("unknown checkpoint format: " + path +
                                  " (expected safetensors or a torch.save .pt/.pth; the extension is not used)");
     }

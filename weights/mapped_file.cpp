@@ -75,13 +75,18 @@ at::Tensor tensor_from_mapping(const std::shared_ptr<MappedFile>& file,
 }
 
 std::vector<uint8_t> read_file_head(const std::string& path, size_t n) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        struct stat st;
-        if (stat(path.c_str(), &st) != 0)
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) {
+        int err = errno;
+        if (err == ENOENT)
             throw std::runtime_error("checkpoint file not found: " + path);
-        throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+        throw std::runtime_error("cannot open " + path + ": " + std::strerror(err));
     }
+    if (S_ISDIR(st.st_mode))
+        throw std::runtime_error("cannot read " + path + ": it is a directory");
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+        throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
     std::vector<uint8_t> buf(n);
     in.read(reinterpret_cast<char*>(buf.data()), (std::streamsize)n);
     buf.resize((size_t)in.gcount());
