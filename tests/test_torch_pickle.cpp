@@ -165,6 +165,13 @@ TEST(TorchPickle, TruncatedAndCorruptFilesFailCleanly) {
     err = error_of([] { load_torch_checkpoint(kData + "view_out_of_bounds.pt"); });
     EXPECT_NE(err.find("reaches element 6 of storage '0' which has 6 elements"), std::string::npos) << err;
 
+    err = error_of([] { load_torch_checkpoint(kData + "cyclic.pt"); });
+    EXPECT_NE(err.find("deeper than 64 levels"), std::string::npos) << err;
+
+    std::vector<std::string> skipped;
+    err = error_of([&] { load_torch_checkpoint(kData + "memo_bomb.pt", "", &skipped); });
+    EXPECT_NE(err.find("more than a million entries"), std::string::npos) << err;
+
     err = error_of([] { load_torch_checkpoint(kData + "deflated.pt"); });
     EXPECT_NE(err.find("compressed (method 8, deflate)"), std::string::npos) << err;
 

@@ -567,13 +567,21 @@ std::string key_string(const ObjPtr& k, bool* ok) {
     return "";
 }
 
-void collect(const ObjPtr& o,
-             const std::string& name,
-             int depth,
-             std::vector<std::pair<std::string, const TensorSpec*>>& out,
-             std::vector<std::string>* skipped) {
+// Objects shared through the memo can make a tiny pickle describe an exponentially large tree
+// ([x, x] nested 60 times), so the walk is bounded in depth and in the number of nodes visited.
+struct Walk {
+    std::vector<std::pair<std::string, const TensorSpec*>> out;
+    std::vector<std::string>* skipped = nullptr;
+    uint64_t visits = 0;
+};
+
+void collect(const ObjPtr& o, const std::string& name, int depth, Walk& w) {
     if (depth > 64)
         throw std::runtime_error("checkpoint nests deeper than 64 levels (corrupt or cyclic structure)");
+    if (++w.visits > 1000000)
+        throw std::runtime_error("checkpoint structure has more than a million entries (corrupt or malicious)");
+    auto& out = w.out;
+    auto* skipped = w.skipped;
     auto child = [&](const std::string& k) { return name.empty() ? k : name + "/" + k; };
     switch (o->kind) {
         case Kind::Tensor:
@@ -588,13 +596,13 @@ void collect(const ObjPtr& o,
                         skipped->push_back(child("?") + " (" + kind_name(kv.first->kind) + " key)");
                     continue;
                 }
-                collect(kv.second, child(k), depth + 1, out, skipped);
+                collect(kv.second, child(k), depth + 1, w);
             }
             break;
         case Kind::List:
         case Kind::Tuple:
             for (size_t k = 0; k < o->items.size(); k++)
-                collect(o->items[k], child(std::to_string(k)), depth + 1, out, skipped);
+                collect(o->items[k], child(std::to_string(k)), depth + 1, w);
             break;
         default:
             if (skipped)
@@ -748,8 +756,10 @@ ObjPtr select_group(const std::string& path, const ObjPtr& root, const std::stri
 
 TensorMap load_torch_checkpoint(const std::string& path, const std::string& group, std::vector<std::string>* skipped) {
     Parsed p = parse_checkpoint(path, true);
-    std::vector<std::pair<std::string, const TensorSpec*>> specs;
-    collect(select_group(path, p.root, group), "", 0, specs, skipped);
+    Walk w;
+    w.skipped = skipped;
+    collect(select_group(path, p.root, group), "", 0, w);
+    const auto& specs = w.out;
     // Each storage is mapped once; views of one storage share it.
     std::map<std::string, at::Tensor> storages;
     TensorMap out;
@@ -765,8 +775,9 @@ TensorMap load_torch_checkpoint(const std::string& path, const std::string& grou
 
 std::vector<TorchTensorEntry> list_torch_checkpoint(const std::string& path) {
     Parsed p = parse_checkpoint(path, false);
-    std::vector<std::pair<std::string, const TensorSpec*>> specs;
-    collect(p.root, "", 0, specs, nullptr);
+    Walk w;
+    collect(p.root, "", 0, w);
+    const auto& specs = w.out;
     std::vector<TorchTensorEntry> out;
     for (const auto& ns : specs) {
         const TensorSpec& s = *ns.second;

@@ -92,9 +92,11 @@ def entries_for(name, pkl, storages):
 
 
 def write_zipfile(path, entries, method=zipfile.ZIP_STORED):
-    with zipfile.ZipFile(path, "w", compression=method) as z:
+    with zipfile.ZipFile(path, "w") as z:
         for n, data in entries:
-            z.writestr(n, data)
+            info = zipfile.ZipInfo(n, date_time=(2020, 1, 1, 0, 0, 0))  # fixed, so reruns give the same bytes
+            info.compress_type = method
+            z.writestr(info, data)
 
 
 def write_zip64(path, entries):
@@ -166,3 +168,10 @@ raw("stack_global_eval.pt", b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93\x8c\x061+
 raw("huge_string.pt", b"\x80\x02X\xf0\xff\xff\xffabc.")
 # An opcode torch.save never writes (INST).
 raw("bad_opcode.pt", b"\x80\x02ios\nsystem\n.")
+# A list of itself: must fail on depth, not recurse forever.
+raw("cyclic.pt", b"\x80\x02]q\x00h\x00a.")
+# [x, x] nested 40 times through the memo: 2^40 leaves from 200 bytes; must fail fast.
+bomb = b"\x80\x02K\x01q\x00"
+for i in range(40):
+    bomb += b"(h\x00h\x00lq\x00"
+raw("memo_bomb.pt", bomb + b".")
