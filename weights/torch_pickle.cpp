@@ -206,7 +206,7 @@ class Unpickler {
         }
         dict->dict.push_back({key, value});
     }
-    ObjPtr call(const ObjPtr& callable, const ObjPtr& args);
+    ObjPtr call(const ObjPtr& callable, const ObjPtr& args, int depth = 0);
     ObjPtr persistent_load(const ObjPtr& pid);
 
     std::string path_;
@@ -267,7 +267,7 @@ ObjPtr Unpickler::persistent_load(const ObjPtr& pid) {
     return o;
 }
 
-ObjPtr Unpickler::call(const ObjPtr& callable, const ObjPtr& args) {
+ObjPtr Unpickler::call(const ObjPtr& callable, const ObjPtr& args, int depth) {
     if (callable->kind != Kind::Global)
         fail(std::string("REDUCE on a ") + kind_name(callable->kind) + " (corrupt file)");
     if (args->kind != Kind::Tuple)
@@ -333,7 +333,9 @@ ObjPtr Unpickler::call(const ObjPtr& callable, const ObjPtr& args) {
         // (func, new_type, args, state): the tensor is func(*args); the subclass type is dropped.
         if (a.size() < 3 || a[2]->kind != Kind::Tuple)
             fail(g + " called with unexpected arguments");
-        return call(a[0], a[2]);
+        if (depth > 8)
+            fail(g + " nested too deeply");
+        return call(a[0], a[2], depth + 1);
     }
     fail("global '" + g + "' cannot be called");
 }
