@@ -1,0 +1,105 @@
+// reel eval tinyworld: score videos against their tinyworld prompts (adherence per attribute, stability).
+#include <sys/stat.h>
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "src/cli/commands.h"
+#include "src/video/video_reader.h"
+#include "tinyworld/evaluator.h"
+
+namespace reel {
+
+namespace {
+
+struct EvalCli {
+    std::vector<std::string> videos;
+    std::string prompt;
+    std::string out;
+    bool per_frame = false;
+};
+
+bool is_dir(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// The prompt of a video made by reel is in its run record (<video>.json).
+std::string prompt_from_record(const std::string& video) {
+    std::ifstream in(video + ".json");
+    if (!in)
+        return "";
+    try {
+        return nlohmann::json::parse(in).value("prompt", "");
+    } catch (...) {
+        return "";
+    }
+}
+
+EvalReport eval_one(const std::string& path, const std::string& prompt_flag) {
+    std::string prompt = prompt_flag.empty() ? prompt_from_record(path) : prompt_flag;
+    if (prompt.empty())
+        throw std::runtime_error("no prompt for " + path + ": pass -p, or keep the run record " + path +
+                                 ".json beside it");
+    std::vector<std::vector<uint8_t>> frames;
+    int w = 0, h = 0;
+    if (is_dir(path)) {
+        frames = read_png_dir(path, &w, &h);
+    } else {
+        auto reader = VideoReader::open(path);
+        w = reader->info().width;
+        h = reader->info().height;
+        std::vector<uint8_t> rgb;
+        while (reader->read(rgb))
+            frames.push_back(rgb);
+    }
+    if (frames.empty())
+        throw std::runtime_error(path + " has no frames");
+    return evaluate_frames(frames, w, h, prompt);
+}
+
+int run_eval(const EvalCli& o) {
+    std::vector<EvalReport> reports;
+    nlohmann::json videos = nlohmann::json::array();
+    for (const auto& v : o.videos) {
+        EvalReport r = eval_one(v, o.prompt);
+        nlohmann::json j = r.to_json();
+        j["video"] = v;
+        videos.push_back(j);
+        reports.push_back(std::move(r));
+        std::fprintf(stderr, "%s: overall %.3f (background %.3f, color %.3f, shape %.3f, direction %.3f)\n", v.c_str(),
+                     reports.back().overall, reports.back().background, reports.back().color, reports.back().shape,
+                     reports.back().direction);
+    }
+    nlohmann::json result = {{"videos", videos}, {"summary", summarize_reports(reports).to_json()}};
+    const std::string text = result.dump(2);
+    if (o.out.empty()) {
+        std::printf("%s\n", text.c_str());
+    } else {
+        std::ofstream f(o.out);
+        if (!f)
+            throw std::runtime_error("cannot write " + o.out);
+        f << text << "\n";
+    }
+    return 0;
+}
+
+}  // namespace
+
+CommandRunner register_eval(CLI::App& app) {
+    auto o = std::make_shared<EvalCli>();
+    CLI::App* ev = app.add_subcommand("eval", "Score generated videos objectively");
+    ev->require_subcommand(1);
+    CLI::App* tw = ev->add_subcommand(
+        "tinyworld",
+        "Score videos of the tinyworld model against their prompts: adherence of background, colour, "
+        "shape and motion direction, and temporal stability, as JSON");
+    tw->add_option("videos", o->videos, "video files (any format FFmpeg reads) or folders of PNG frames")->required();
+    tw->add_option("-p,--prompt", o->prompt, "the prompt (default: read from each video's run record <video>.json)");
+    tw->add_option("-o,--output", o->out, "write the JSON report here instead of stdout");
+    return [o]() { return run_eval(*o); };
+}
+
+}  // namespace reel

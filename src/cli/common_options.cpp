@@ -1,0 +1,101 @@
+#include "src/cli/common_options.h"
+
+#include <CLI/CLI.hpp>
+
+#include <sstream>
+#include <stdexcept>
+
+namespace reel {
+
+LoadOptions ModelOptions::load_options() const {
+    LoadOptions l;
+    l.device = device;
+    l.dtype = dtype;
+    l.ema = !no_ema;
+    l.heads = heads;
+    l.threads = threads;
+    return l;
+}
+
+ProgressMode OutputOptions::mode() const {
+    if (json)
+        return ProgressMode::Json;
+    if (quiet)
+        return ProgressMode::Quiet;
+    return ProgressMode::Auto;
+}
+
+void add_model_options(CLI::App* sub, ModelOptions& o) {
+    sub->add_option("-m,--model", o.model,
+                    "model folder (reel.json, or the Wan2.1 / Self-Forcing layout) or the name of a shipped model")
+        ->capture_default_str();
+    sub->add_option("--dit", o.dit, "DiT weights to use instead of the folder's (e.g. self_forcing_dmd.pt)");
+    sub->add_flag("--no-ema", o.no_ema, "Self-Forcing checkpoints: use 'generator' instead of 'generator_ema'");
+    sub->add_flag(
+        "--ema", [&o](int64_t) { o.no_ema = false; }, "use 'generator_ema' when present (default)");
+    sub->add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
+    sub->add_option("--dtype", o.dtype, "auto (f32 on CPU, bf16 on CUDA), f32, bf16, f16")->capture_default_str();
+    sub->add_option("--threads", o.threads, "CPU threads for LibTorch (default: all cores)")
+        ->check(CLI::NonNegativeNumber);
+    sub->add_option("--heads", o.heads, "DiT attention heads when no config says (default: head_dim 128)")
+        ->check(CLI::NonNegativeNumber);
+}
+
+void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& steps) {
+    sub->add_option("-p,--prompt", s.prompt, "text prompt")->required();
+    auto* n = sub->add_option("-n,--frames", s.frames, "pixel frames (rounded up to whole chunks; default 81)")
+                  ->check(CLI::PositiveNumber);
+    sub->add_option("--seconds", s.seconds, "length in seconds instead of --frames")
+        ->check(CLI::PositiveNumber)
+        ->excludes(n);
+    sub->add_option("--seed", s.seed, "random seed (same seed, same video)")->capture_default_str();
+    steps = "1000,750,500,250";
+    sub->add_option("--steps", steps, "denoising timesteps per chunk, comma-separated")->capture_default_str();
+    sub->add_option("--shift", s.shift, "timestep shift of the flow-matching schedule")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    sub->add_flag("!--no-warp", s.warp, "use the step list as given instead of Self-Forcing's warped timesteps");
+    sub->add_option("--chunk", s.chunk, "latent frames per chunk")->capture_default_str()->check(CLI::PositiveNumber);
+    sub->add_option("--fps", s.fps, "frames per second of the video (default: the model's)")
+        ->check(CLI::PositiveNumber);
+    sub->add_option("--width", s.width, "video width in pixels, a multiple of 16 (default: the model's)")
+        ->check(CLI::PositiveNumber);
+    sub->add_option("--height", s.height, "video height in pixels, a multiple of 16 (default: the model's)")
+        ->check(CLI::PositiveNumber);
+    sub->add_option("--crf", s.crf, "H.264 quality, 0 (lossless) to 51")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 51));
+    sub->add_option("--cache", s.cache, "KV cache policy: full, or window:sink=S,recent=R (latent frames)")
+        ->capture_default_str();
+}
+
+void add_output_options(CLI::App* sub, OutputOptions& o) {
+    auto* q = sub->add_flag("-q,--quiet", o.quiet, "no progress output");
+    sub->add_flag("--json", o.json, "progress as JSON lines on stderr, for scripts")->excludes(q);
+}
+
+std::vector<double> parse_step_list(const std::string& s) {
+    std::vector<double> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        size_t used = 0;
+        double v = 0;
+        try {
+            v = std::stod(item, &used);
+        } catch (...) {
+            used = 0;
+        }
+        if (used == 0 || item.find_first_not_of(" \t", used) != std::string::npos || v < 0 || v > 1000)
+            throw std::runtime_error("--steps: '" + item + "' is not a timestep in [0, 1000] (e.g. 1000,750,500,250)");
+        out.push_back(v);
+    }
+    if (out.empty())
+        throw std::runtime_error("--steps is empty (e.g. 1000,750,500,250)");
+    for (size_t i = 1; i < out.size(); ++i)
+        if (out[i] >= out[i - 1])
+            throw std::runtime_error("--steps must decrease (got " + s + ")");
+    return out;
+}
+
+}  // namespace reel

@@ -1,0 +1,417 @@
+#include "src/engine/pipeline.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "cache/kv_cache.h"
+#include "diffusion/rollout.h"
+#include "diffusion/tokenizer.h"
+#include "diffusion/umt5.h"
+#include "diffusion/wan_config.h"
+#include "diffusion/wan_dit.h"
+#include "diffusion/wan_vae.h"
+#include "src/engine/cuda_stats.h"
+#include "src/engine/interrupt.h"
+#include "src/engine/sys_stats.h"
+#include "src/video/video_writer.h"
+#include "weights/checkpoint.h"
+
+namespace reel {
+
+int64_t pixel_frames_for_chunks(int64_t chunks, int chunk) {
+    const int64_t latent = chunks * chunk;
+    return latent <= 0 ? 0 : 1 + 4 * (latent - 1);
+}
+
+int64_t chunks_for_pixel_frames(int64_t frames, int chunk) {
+    if (frames <= 1)
+        return 1;
+    const int64_t latent = (frames - 1 + 3) / 4 + 1;  // ceil((frames-1)/4) + 1
+    return (latent + chunk - 1) / chunk;
+}
+
+c10::Device parse_device(const std::string& s) {
+    if (s == "cpu")
+        return c10::Device(c10::kCPU);
+    if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
+        if (!at::hasCUDA())
+            throw std::runtime_error("--device " + s + ": this build of reel has no CUDA (LibTorch " +
+                                     "was built for CPU only, or no GPU is visible)");
+        return c10::Device(s);
+    }
+    throw std::runtime_error("--device must be cpu, cuda or cuda:N (got '" + s + "')");
+}
+
+namespace {
+
+c10::ScalarType parse_dtype(const std::string& s, const c10::Device& dev) {
+    if (s == "auto")
+        return dev.is_cuda() ? at::kBFloat16 : at::kFloat;
+    if (s == "f32" || s == "fp32" || s == "float32")
+        return at::kFloat;
+    if (s == "bf16" || s == "bfloat16")
+        return at::kBFloat16;
+    if (s == "f16" || s == "fp16" || s == "float16")
+        return at::kHalf;
+    throw std::runtime_error("--dtype must be auto, f32, bf16 or f16 (got '" + s + "')");
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in)
+        throw std::runtime_error("cannot read " + path);
+    try {
+        return nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+        throw std::runtime_error(path + " is not valid JSON: " + e.what());
+    }
+}
+
+// "window:sink=3,recent=12" -> window cache of 15 frames with 3 sinks.
+std::unique_ptr<KVCache> make_cache_from_spec(const std::string& spec, int layers) {
+    if (spec.empty() || spec == "full")
+        return make_full_cache(layers);
+    const std::string prefix = "window";
+    if (spec.rfind(prefix, 0) == 0) {
+        int sink = 0, recent = -1;
+        std::string rest =
+            spec.size() > prefix.size() && spec[prefix.size()] == ':' ? spec.substr(prefix.size() + 1) : "";
+        std::stringstream ss(rest);
+        std::string kv;
+        while (std::getline(ss, kv, ',')) {
+            auto eq = kv.find('=');
+            std::string key = kv.substr(0, eq);
+            if (eq == std::string::npos)
+                throw std::runtime_error("--cache " + spec + ": expected key=value, got '" + kv + "'");
+            int value = 0;
+            try {
+                value = std::stoi(kv.substr(eq + 1));
+            } catch (...) {
+                throw std::runtime_error("--cache " + spec + ": '" + kv + "' needs an integer value");
+            }
+            if (key == "sink")
+                sink = value;
+            else if (key == "recent")
+                recent = value;
+            else
+                throw std::runtime_error("--cache " + spec + ": unknown key '" + key + "' (sink, recent)");
+        }
+        if (recent <= 0 || sink < 0)
+            throw std::runtime_error("--cache " + spec + ": needs recent=N > 0 (and sink=S >= 0)");
+        return make_window_cache(layers, sink, sink + recent);
+    }
+    throw std::runtime_error("--cache must be 'full' or 'window:sink=S,recent=R' (got '" + spec + "')");
+}
+
+// RGB uint8 frames [T, H, W, 3] from raw decoder output [B=1, 3, T, H, W] in [-1, 1].
+at::Tensor to_rgb8(const at::Tensor& pixels) {
+    at::Tensor x = pixels[0].to(at::kCPU, at::kFloat).clamp(-1, 1).mul(0.5).add(0.5).mul(255.0).round_();
+    return x.to(at::kByte).permute({1, 2, 3, 0}).contiguous();
+}
+
+// Token ids -> [1, text_len, dim] context, zero past the prompt (what the reference hands the DiT). Only the
+// prompt's own tokens go through the encoder: padded keys are masked out and relative position buckets depend on
+// distance alone, so the real tokens' outputs equal those of a run padded to text_len.
+at::Tensor encode_prompt(const UMT5Encoder& enc, const TokenBatch& tokens, int64_t text_len) {
+    const int64_t n = tokens.length;
+    if (n <= 0)
+        throw std::runtime_error("the prompt produced no tokens");
+    at::Tensor ids = tokens.ids.narrow(1, 0, n);
+    at::Tensor hidden = enc.encode(ids, at::ones_like(ids)).to(at::kFloat);  // [1, n, dim]
+    at::Tensor ctx = at::zeros({1, text_len, hidden.size(2)}, hidden.options());
+    ctx.narrow(1, 0, n).copy_(hidden);
+    return ctx;
+}
+
+}  // namespace
+
+struct Engine::Impl {
+    ModelFiles files;
+    LoadOptions opts;
+    c10::Device device{c10::kCPU};
+    c10::ScalarType dtype = at::kFloat;
+    WanDitConfig dit_cfg;
+    std::unique_ptr<WanDit> dit;
+    std::unique_ptr<WanVae> vae;
+    std::unique_ptr<UMT5Encoder> text;
+    std::unique_ptr<Tokenizer> tokenizer;
+    int64_t text_len = 512;
+    int width = 832, height = 480, fps = 16;
+    double load_s = 0;
+    std::string dit_group;
+};
+
+Engine::Engine(const ModelFiles& files, const LoadOptions& opts) : impl_(new Impl) {
+    Impl& m = *impl_;
+    m.files = files;
+    m.opts = opts;
+    m.device = parse_device(opts.device);
+    m.dtype = parse_dtype(opts.dtype, m.device);
+    at::set_num_threads(opts.threads > 0 ? opts.threads : std::max(1u, std::thread::hardware_concurrency()));
+    const double t0 = now_seconds();
+    const nlohmann::json& man = files.manifest;
+
+    // DiT: config from the manifest, a config.json beside the weights, or the tensor shapes.
+    CheckpointOptions copts;
+    copts.ema = opts.ema;
+    {
+        TensorMap w = load_checkpoint(files.dit, copts, &m.dit_group);
+        if (!looks_like_wan_dit(w))
+            throw std::runtime_error(files.dit + " does not hold a Wan DiT (try 'reel inspect " + files.dit + "')");
+        if (man.is_object() && man["dit"].contains("config"))
+            m.dit_cfg = WanDitConfig::from_json(man["dit"]["config"]);
+        else if (!files.dit_config.empty())
+            m.dit_cfg = WanDitConfig::from_json(read_json_file(files.dit_config));
+        else
+            m.dit_cfg = detect_wan_dit_config(w, opts.heads);
+        m.dit_cfg.validate();
+        m.dit.reset(new WanDit(m.dit_cfg, w, m.device, m.dtype));
+    }
+    {
+        TensorMap w = load_checkpoint(files.vae);
+        WanVaeConfig cfg = man.is_object() && man["vae"].contains("config") ? man["vae"]["config"].get<WanVaeConfig>()
+                                                                            : detect_wan_vae_config(w);
+        m.vae.reset(new WanVae(w, cfg, m.device, m.dtype, /*with_encoder=*/false));
+        if (cfg.z_dim != m.dit_cfg.in_dim)
+            throw std::runtime_error("the VAE has " + std::to_string(cfg.z_dim) +
+                                     " latent channels but the DiT expects " + std::to_string(m.dit_cfg.in_dim));
+    }
+    {
+        TensorMap w = load_checkpoint(files.text_encoder);
+        UMT5Config cfg = man.is_object() && man["text_encoder"].contains("config")
+                             ? man["text_encoder"]["config"].get<UMT5Config>()
+                             : detect_umt5_config(w);
+        // The text encoder runs once per prompt: keep it in f32 on CPU unless the DiT lives on the GPU.
+        m.text.reset(new UMT5Encoder(w, cfg, m.device, m.device.is_cuda() ? m.dtype : at::kFloat));
+        if (cfg.dim != m.dit_cfg.text_dim)
+            throw std::runtime_error("the text encoder's width " + std::to_string(cfg.dim) +
+                                     " does not match the DiT's text_dim " + std::to_string(m.dit_cfg.text_dim));
+        m.text_len = m.dit_cfg.text_len;
+    }
+    m.tokenizer.reset(new Tokenizer(Tokenizer::load(files.tokenizer)));
+    if (man.is_object() && man.contains("video")) {
+        m.width = man["video"].value("width", m.width);
+        m.height = man["video"].value("height", m.height);
+        m.fps = man["video"].value("fps", m.fps);
+    }
+    m.load_s = now_seconds() - t0;
+}
+
+Engine::~Engine() = default;
+
+const ModelFiles& Engine::files() const {
+    return impl_->files;
+}
+int Engine::default_width() const {
+    return impl_->width;
+}
+int Engine::default_height() const {
+    return impl_->height;
+}
+int Engine::default_fps() const {
+    return impl_->fps;
+}
+
+RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, const ChunkObserver& on_chunk) {
+    Impl& m = *impl_;
+    GenerateSettings s = s_in;
+    if (s.prompt.find_first_not_of(" \t\r\n") == std::string::npos)
+        throw std::runtime_error("the prompt is empty");
+    if (s.chunk < 1)
+        throw std::runtime_error("--chunk must be at least 1 latent frame");
+    if (s.steps.empty())
+        throw std::runtime_error("--steps needs at least one timestep");
+    if (s.fps <= 0)
+        s.fps = m.fps;
+    if (s.width <= 0)
+        s.width = m.width;
+    if (s.height <= 0)
+        s.height = m.height;
+    // 8x VAE downsampling, then 2x2 DiT patches.
+    const int64_t align = 8 * m.dit_cfg.patch[1];
+    if (s.width % align || s.height % align)
+        throw std::runtime_error("video size " + std::to_string(s.width) + "x" + std::to_string(s.height) +
+                                 " must be a multiple of " + std::to_string(align) + " in both directions");
+    if (s.frames <= 0)
+        s.frames = s.seconds > 0 ? static_cast<int64_t>(std::ceil(s.seconds * s.fps)) : 81;
+    const int64_t chunks = chunks_for_pixel_frames(s.frames, s.chunk);
+    const int64_t total_frames = pixel_frames_for_chunks(chunks, s.chunk);
+    if (total_frames != s.frames)
+        progress.note("reel: " + std::to_string(s.frames) + " frames rounded up to " + std::to_string(total_frames) +
+                      " (" + std::to_string(chunks) + " whole chunks of " + std::to_string(s.chunk) +
+                      " latent frames)");
+
+    // Open outputs first: a bad path fails before any model work.
+    VideoFormat fmt;
+    fmt.width = s.width;
+    fmt.height = s.height;
+    fmt.fps = s.fps;
+    fmt.crf = s.crf;
+    std::vector<std::unique_ptr<VideoWriter>> writers;
+    if (!s.output.empty())
+        writers.push_back(open_video_writer(s.output, fmt));
+    if (!s.frames_dir.empty())
+        writers.push_back(open_png_dir_writer(s.frames_dir, fmt));
+    std::string record_path = s.record_path;
+    if (record_path.empty() && !s.output.empty() && s.output != "-")
+        record_path = s.output + ".json";
+
+    const double t_start = now_seconds();
+    cuda_reset_peak(m.device);
+    double t_text = 0, t_denoise = 0, t_cache = 0, t_decode = 0, t_encode = 0;
+    int64_t peak_kv = 0, written = 0, chunks_done = 0;
+    bool interrupted = false;
+    std::string error;
+
+    std::unique_ptr<KVCache> cache = make_cache_from_spec(s.cache, static_cast<int>(m.dit_cfg.num_layers));
+    RolloutConfig rc;
+    rc.chunk_frames = s.chunk;
+    rc.steps = s.steps;
+    rc.shift = s.shift;
+    rc.warp = s.warp;
+    rc.latent_h = s.height / 8;
+    rc.latent_w = s.width / 8;
+    rc.channels = m.dit_cfg.in_dim;
+    rc.seed = s.seed;
+    CausalRollout rollout(*m.dit, *cache, rc);
+    WanVaeDecodeStream decoder(*m.vae);
+
+    ProgressEvent ev;
+    ev.frames_total = total_frames;
+    try {
+        double t0 = now_seconds();
+        {
+            at::NoGradGuard ng;
+            at::Tensor ctx =
+                encode_prompt(*m.text, m.tokenizer->tokenize(s.prompt, static_cast<int>(m.text_len)), m.text_len);
+            rollout.set_context(ctx.to(m.device, m.dtype));
+        }
+        t_text = now_seconds() - t0;
+
+        for (int64_t c = 0; c < chunks; ++c) {
+            if (interrupt_requested()) {
+                interrupted = true;
+                break;
+            }
+            at::Tensor lat = rollout.next_chunk();  // [B, F, C, h, w]
+            ChunkTiming ct = rollout.last_timing();
+            t_denoise += ct.denoise_ms / 1000.0;
+            t_cache += ct.cache_pass_ms / 1000.0;
+            peak_kv = std::max(peak_kv, cache->bytes());
+
+            t0 = now_seconds();
+            at::Tensor rgb;
+            {
+                at::NoGradGuard ng;
+                rgb = to_rgb8(decoder.push(lat.permute({0, 2, 1, 3, 4})));  // [T, H, W, 3]
+            }
+            const double dt_decode = now_seconds() - t0;
+            t_decode += dt_decode;
+
+            t0 = now_seconds();
+            const int64_t n = rgb.size(0);
+            for (int64_t i = 0; i < n; ++i)
+                for (auto& w : writers)
+                    w->write(rgb[i].data_ptr<uint8_t>());
+            written += n;
+            const double dt_encode = now_seconds() - t0;
+            t_encode += dt_encode;
+            chunks_done = c + 1;
+
+            ev.chunk = c;
+            ev.frames_done = written;
+            ev.elapsed_s = now_seconds() - t_start;
+            ev.kv_bytes = cache->bytes();
+            ev.rss_bytes = current_rss_bytes();
+            progress.update(ev);
+            if (on_chunk) {
+                on_chunk({{"chunk", c},
+                          {"frame", written},
+                          {"denoise_ms", ct.denoise_ms},
+                          {"cache_pass_ms", ct.cache_pass_ms},
+                          {"decode_ms", dt_decode * 1000},
+                          {"encode_ms", dt_encode * 1000},
+                          {"kv_bytes", cache->bytes()},
+                          {"kv_frames", cache->frames()},
+                          {"rss_bytes", ev.rss_bytes},
+                          {"peak_rss_bytes", peak_rss_bytes()},
+                          {"gpu_allocated_bytes", cuda_allocated_bytes(m.device)},
+                          {"gpu_peak_bytes", cuda_peak_bytes(m.device)}});
+            }
+        }
+    } catch (const std::exception& e) {
+        error = e.what();
+    }
+    for (auto& w : writers)
+        w->close();  // finalizes what was made, even after an error or Ctrl-C
+    const double total = now_seconds() - t_start;
+
+    nlohmann::json settings = {{"frames_requested", s_in.frames > 0 ? s_in.frames : s.frames},
+                               {"seconds", s.seconds},
+                               {"steps", s.steps},
+                               {"shift", s.shift},
+                               {"warp", s.warp},
+                               {"chunk", s.chunk},
+                               {"fps", s.fps},
+                               {"width", s.width},
+                               {"height", s.height},
+                               {"crf", s.crf},
+                               {"cache", s.cache},
+                               {"device", m.opts.device},
+                               {"dtype", c10::toString(m.dtype)},
+                               {"threads", at::get_num_threads()},
+                               {"ema", m.opts.ema},
+                               {"output", s.output},
+                               {"frames_dir", s.frames_dir}};
+    nlohmann::json rec = {{"prompt", s.prompt},
+                          {"seed", s.seed},
+                          {"model", {{"name", m.files.name}, {"dir", m.files.dir}, {"dit", m.files.dit}}},
+                          {"settings", settings},
+                          {"frames", written},
+                          {"frames_planned", total_frames},
+                          {"chunks", chunks_done},
+                          {"interrupted", interrupted},
+                          {"timing_s",
+                           {{"load", m.load_s},
+                            {"text", t_text},
+                            {"denoise", t_denoise},
+                            {"cache_pass", t_cache},
+                            {"decode", t_decode},
+                            {"encode", t_encode},
+                            {"total", total}}},
+                          {"fps_generated", total > 0 ? written / total : 0.0},
+                          {"peak_rss_bytes", peak_rss_bytes()},
+                          {"peak_kv_bytes", peak_kv}};
+    if (!m.dit_group.empty())
+        rec["model"]["dit_group"] = m.dit_group;
+    if (m.device.is_cuda())
+        rec["gpu_peak_bytes"] = cuda_peak_bytes(m.device);
+    if (!error.empty())
+        rec["error"] = error;
+
+    if (!record_path.empty() && (written > 0 || error.empty())) {
+        std::ofstream out(record_path);
+        if (!out)
+            throw std::runtime_error("cannot write the run record " + record_path);
+        out << rec.dump(2) << "\n";
+    }
+    if (!error.empty()) {
+        std::string msg = error;
+        if (written > 0 && !s.output.empty())
+            msg += " (the " + std::to_string(written) + " frames made before it are in " + s.output + ")";
+        throw std::runtime_error(msg);
+    }
+    RunResult r;
+    r.record = rec;
+    r.interrupted = interrupted;
+    r.frames_written = written;
+    return r;
+}
+
+}  // namespace reel
