@@ -1,6 +1,7 @@
 #include "diffusion/wan_vae.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -138,6 +139,94 @@ WanVaeConfig detect_wan_vae_config(const TensorMap& t) {
     }
     c.validate();
     return c;
+}
+
+namespace {
+
+// Mirrors the load functions below, tensor for tensor.
+struct RandomWeights {
+    TensorMap m;
+    at::Generator gen;
+    void conv(const std::string& name, int64_t in, int64_t out, int64_t kt, int64_t khw) {
+        m[name + ".weight"] =
+            at::normal(0.0, 1.0 / std::sqrt(double(in * kt * khw * khw)), {out, in, kt, khw, khw}, gen);
+        m[name + ".bias"] = at::normal(0.0, 0.1, {out}, gen);
+    }
+    void conv2d(const std::string& name, int64_t in, int64_t out, int64_t k) {
+        m[name + ".weight"] = at::normal(0.0, 1.0 / std::sqrt(double(in * k * k)), {out, in, k, k}, gen);
+        m[name + ".bias"] = at::normal(0.0, 0.1, {out}, gen);
+    }
+    void norm(const std::string& name, int64_t c, bool images) {
+        m[name + ".gamma"] = images ? at::ones({c, 1, 1}) : at::ones({c, 1, 1, 1});
+    }
+    void res(const std::string& name, int64_t in, int64_t out) {
+        norm(name + ".residual.0", in, false);
+        conv(name + ".residual.2", in, out, 3, 3);
+        norm(name + ".residual.3", out, false);
+        conv(name + ".residual.6", out, out, 3, 3);
+        if (in != out)
+            conv(name + ".shortcut", in, out, 1, 1);
+    }
+    void attn(const std::string& name, int64_t c) {
+        norm(name + ".norm", c, true);
+        conv2d(name + ".to_qkv", c, 3 * c, 1);
+        conv2d(name + ".proj", c, c, 1);
+    }
+};
+
+}  // namespace
+
+TensorMap wan_vae_random_weights(const WanVaeConfig& cfg, bool with_encoder, uint64_t seed) {
+    cfg.validate();
+    RandomWeights r{TensorMap(), at::make_generator<at::CPUGeneratorImpl>(seed)};
+    const int n = int(cfg.dim_mult.size());
+    const int64_t z = cfg.z_dim;
+    r.conv("conv2", z, z, 1, 1);
+    const std::vector<int64_t> dd = cfg.decoder_dims();
+    r.conv("decoder.conv1", z, dd[0], 3, 3);
+    r.res("decoder.middle.0", dd[0], dd[0]);
+    r.attn("decoder.middle.1", dd[0]);
+    r.res("decoder.middle.2", dd[0], dd[0]);
+    int idx = 0;
+    for (int i = 0; i < n; ++i) {
+        int64_t in = i > 0 ? dd[i] / 2 : dd[i];
+        const int64_t out = dd[i + 1];
+        for (int k = 0; k < cfg.num_res_blocks + 1; ++k, in = out)
+            r.res("decoder.upsamples." + std::to_string(idx++), in, out);
+        if (i != n - 1) {
+            const std::string p = "decoder.upsamples." + std::to_string(idx++);
+            r.conv2d(p + ".resample.1", out, out / 2, 3);
+            if (cfg.temporal_downsample[cfg.temporal_downsample.size() - 1 - i])
+                r.conv(p + ".time_conv", out, 2 * out, 3, 1);
+        }
+    }
+    r.norm("decoder.head.0", dd.back(), false);
+    r.conv("decoder.head.2", dd.back(), 3, 3, 3);
+    if (with_encoder) {
+        r.conv("conv1", 2 * z, 2 * z, 1, 1);
+        const std::vector<int64_t> ed = cfg.encoder_dims();
+        r.conv("encoder.conv1", 3, ed[0], 3, 3);
+        idx = 0;
+        for (int i = 0; i < n; ++i) {
+            int64_t in = ed[i];
+            const int64_t out = ed[i + 1];
+            for (int k = 0; k < cfg.num_res_blocks; ++k, in = out)
+                r.res("encoder.downsamples." + std::to_string(idx++), in, out);
+            if (i != n - 1) {
+                const std::string p = "encoder.downsamples." + std::to_string(idx++);
+                r.conv2d(p + ".resample.1", out, out, 3);
+                if (cfg.temporal_downsample[i])
+                    r.conv(p + ".time_conv", out, out, 3, 1);
+            }
+        }
+        const int64_t c = ed.back();
+        r.res("encoder.middle.0", c, c);
+        r.attn("encoder.middle.1", c);
+        r.res("encoder.middle.2", c, c);
+        r.norm("encoder.head.0", c, false);
+        r.conv("encoder.head.2", c, 2 * z, 3, 3);
+    }
+    return r.m;
 }
 
 namespace wan_vae {

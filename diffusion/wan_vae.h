@@ -46,6 +46,10 @@ void from_json(const nlohmann::json& j, WanVaeConfig& c);
 // checkpoint has them, else the Wan2.1 defaults.
 WanVaeConfig detect_wan_vae_config(const TensorMap& tensors);
 
+// Seeded random weights with every tensor a WanVae of `cfg` loads (conv N(0,1)/sqrt(fan_in), biases N(0,0.1^2),
+// norm gammas 1): for benchmarks and tests of configs with no checkpoint at hand.
+TensorMap wan_vae_random_weights(const WanVaeConfig& cfg, bool with_encoder, uint64_t seed);
+
 namespace wan_vae {
 
 // Per-layer streaming state. Slots are handed out in call order (like the reference's feat_idx), so one

@@ -172,6 +172,32 @@ TEST(WanVae, EncodeMatchesGolden) {
     EXPECT_THROW(vae.encode(at::zeros({1, 3, 4, 32, 48})), std::runtime_error);
 }
 
+TEST(WanVae, RandomWeightsRoundTripThroughDetection) {
+    // A non-default config: the generator, detection and the strict loader must agree tensor for tensor.
+    WanVaeConfig c;
+    c.dim = 2;
+    c.dim_mult = {1, 2, 2, 4};
+    c.num_res_blocks = 1;
+    c.temporal_downsample = {true, false, true};
+    TensorMap w = wan_vae_random_weights(c, true, 7);
+    WanVaeConfig d = detect_wan_vae_config(w);
+    EXPECT_EQ(d.dim, 2);
+    EXPECT_EQ(d.dim_mult, c.dim_mult);
+    EXPECT_EQ(d.num_res_blocks, 1);
+    EXPECT_EQ(d.temporal_downsample, c.temporal_downsample);
+    // float64, so that streaming vs whole clip is exact up to rounding whatever the random weights amplify.
+    WanVae vae(w, d, c10::kCPU, at::kDouble);
+    // Two temporal stages -> 1 + 4(T-1) frames; whole clip equals streaming.
+    at::Tensor z = at::randn({1, 16, 3, 2, 3}, at::kDouble);
+    at::Tensor whole = vae.decode(z);
+    EXPECT_EQ(whole.sizes(), (at::IntArrayRef{1, 3, 9, 16, 24}));
+    WanVaeDecodeStream s(vae);
+    at::Tensor a = s.push(z.narrow(2, 0, 2));
+    at::Tensor b = s.push(z.narrow(2, 2, 1));
+    expect_close(at::cat({a, b}, 2), whole, "random config stream vs whole (f64)", 1e-10, 1e-10);
+    EXPECT_EQ(vae.encode(at::rand({1, 3, 9, 16, 24}, at::kDouble) * 2 - 1).sizes(), (at::IntArrayRef{1, 16, 3, 2, 3}));
+}
+
 TEST(WanVae, ReportsMissingAndMisshapedTensors) {
     TensorMap w = golden().weights;
     w.erase("decoder.upsamples.3.time_conv.weight");
