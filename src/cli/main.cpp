@@ -1,5 +1,6 @@
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <vector>
@@ -7,6 +8,7 @@
 #include "src/cli/commands.h"
 
 int main(int argc, char** argv) {
+    std::signal(SIGPIPE, SIG_IGN);  // a closed pipe (reel generate -o - | head) becomes a write error, not a kill
     CLI::App app{
         "reel: long videos from causal video diffusion models (Self-Forcing / CausVid / LongLive on Wan2.1),\n"
         "chunk by chunk, at constant memory.\n"};

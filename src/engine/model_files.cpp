@@ -130,7 +130,8 @@ ModelFiles find_model_files(const std::string& name_or_dir, const std::string& d
         auto part = [&](const char* key) {
             if (!m.manifest.contains(key) || !m.manifest[key].contains("file"))
                 throw std::runtime_error(manifest_path + " has no \"" + std::string(key) + "\": {\"file\": ...}");
-            std::string p = dir + "/" + m.manifest[key]["file"].get<std::string>();
+            std::string f = m.manifest[key]["file"].get<std::string>();
+            std::string p = !f.empty() && f[0] == '/' ? f : dir + "/" + f;
             if (!exists(p))
                 throw std::runtime_error("model " + m.name + " is missing its " + key + " file " + p);
             return p;

@@ -1,0 +1,262 @@
+// The command line as users and scripts drive it: the `reel` binary run on the toy model folder.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "src/video/video_reader.h"
+#include "src/video/video_writer.h"
+#include "tinyworld/prompt.h"
+#include "tinyworld/world.h"
+
+namespace {
+
+const std::string kReel = REEL_BINARY;
+const std::string kToy = std::string(REEL_TEST_DATA) + "/toy_model";
+
+struct Result {
+    int rc;
+    std::string out, err;
+};
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+bool exists(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0;
+}
+
+class Cli : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/reel_cli_XXXXXX";
+        dir_ = mkdtemp(tmpl);
+    }
+    void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+
+    Result run(const std::string& args) {
+        const std::string out = dir_ + "/stdout", err = dir_ + "/stderr";
+        std::string cmd = kReel + " " + args + " >" + out + " 2>" + err;
+        int st = std::system(cmd.c_str());
+        Result r{WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(out), slurp(err)};
+        return r;
+    }
+    std::string path(const std::string& name) const { return dir_ + "/" + name; }
+
+    std::string dir_;
+};
+
+int64_t count_frames(const std::string& path, reel::VideoInfo* info = nullptr) {
+    auto r = reel::VideoReader::open(path);
+    if (info)
+        *info = r->info();
+    std::vector<uint8_t> rgb;
+    int64_t n = 0;
+    while (r->read(rgb))
+        ++n;
+    return n;
+}
+
+TEST_F(Cli, HelpListsEverySubcommand) {
+    Result r = run("--help");
+    EXPECT_EQ(r.rc, 0);
+    for (const char* sub : {"generate", "inspect", "eval"})
+        EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
+}
+
+TEST_F(Cli, GenerateWritesPlayableMp4AndRecord) {
+    const std::string mp4 = path("a.mp4");
+    Result r = run("generate -m " + kToy + " -p 'a red circle moving right' -n 33 --seed 7 -q -o " + mp4);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    reel::VideoInfo info;
+    EXPECT_EQ(count_frames(mp4, &info), 33);
+    EXPECT_EQ(info.width, 64);
+    EXPECT_EQ(info.height, 64);
+    EXPECT_DOUBLE_EQ(info.fps, 16.0);
+
+    nlohmann::json rec = nlohmann::json::parse(slurp(mp4 + ".json"));
+    EXPECT_EQ(rec["prompt"], "a red circle moving right");
+    EXPECT_EQ(rec["seed"], 7);
+    EXPECT_EQ(rec["frames"], 33);
+    EXPECT_EQ(rec["model"]["name"], "toy");
+    for (const char* k : {"text", "denoise", "cache_pass", "decode", "encode", "total"}) {
+        ASSERT_TRUE(rec["timing_s"].contains(k)) << k;
+        EXPECT_GE(rec["timing_s"][k].get<double>(), 0.0) << k;
+    }
+    EXPECT_GT(rec["timing_s"]["denoise"].get<double>(), 0.0);
+    EXPECT_GT(rec["peak_rss_bytes"].get<int64_t>(), 0);
+    // 2 layers x 9 latent frames x 16 tokens x 4 heads x 20 x (k + v) x 4 bytes at least.
+    EXPECT_GE(rec["peak_kv_bytes"].get<int64_t>(), 2 * 9 * 16 * 4 * 20 * 2 * 4);
+    for (const char* k : {"steps", "shift", "chunk", "fps", "width", "height", "cache", "device", "threads"})
+        EXPECT_TRUE(rec["settings"].contains(k)) << k;
+}
+
+TEST_F(Cli, FramesRoundUpToWholeChunksAndSaySo) {
+    Result r = run("generate -m " + kToy + " -p 'a blue square' -n 20 -o " + path("b.mp4"));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.err.find("rounded up to 21"), std::string::npos) << r.err;
+    EXPECT_EQ(count_frames(path("b.mp4")), 21);
+}
+
+TEST_F(Cli, SameSeedSameVideoOtherSeedOther) {
+    ASSERT_EQ(run("generate -m " + kToy + " -p 'x' -n 9 --seed 1 -q --frames-dir " + path("s1")).rc, 0);
+    ASSERT_EQ(run("generate -m " + kToy + " -p 'x' -n 9 --seed 1 -q --frames-dir " + path("s1b")).rc, 0);
+    ASSERT_EQ(run("generate -m " + kToy + " -p 'x' -n 9 --seed 2 -q --frames-dir " + path("s2")).rc, 0);
+    EXPECT_EQ(slurp(path("s1/frame_000004.png")), slurp(path("s1b/frame_000004.png")));
+    EXPECT_NE(slurp(path("s1/frame_000004.png")), slurp(path("s2/frame_000004.png")));
+    EXPECT_FALSE(exists(path("s1/frame_000009.png")));
+}
+
+TEST_F(Cli, Y4mToStdout) {
+    Result r = run("generate -m " + kToy + " -p 'a cat' -n 9 -q -o -");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out.rfind("YUV4MPEG2 W64 H64", 0), 0u);
+    size_t frames = 0;
+    for (size_t p = r.out.find("FRAME"); p != std::string::npos; p = r.out.find("FRAME", p + 1))
+        ++frames;
+    EXPECT_EQ(frames, 9u);
+}
+
+TEST_F(Cli, JsonProgressEvents) {
+    Result r = run("generate -m " + kToy + " -p 'a dog' -n 21 --json -o " + path("j.mp4"));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    std::stringstream ss(r.err);
+    std::string line;
+    int progress = 0, done = 0;
+    while (std::getline(ss, line)) {
+        auto j = nlohmann::json::parse(line);  // every line is JSON
+        if (j["event"] == "progress")
+            ++progress;
+        if (j["event"] == "done") {
+            ++done;
+            EXPECT_EQ(j["frames_done"], 21);
+        }
+    }
+    EXPECT_EQ(progress, 2);
+    EXPECT_EQ(done, 1);
+}
+
+// Ctrl-C mid-run: the run stops after the chunk in flight and the MP4 holds exactly the frames made.
+TEST_F(Cli, InterruptLeavesPlayableVideo) {
+    const std::string mp4 = path("int.mp4"), err = path("int.err");
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        freopen(err.c_str(), "w", stderr);
+        execl(kReel.c_str(), kReel.c_str(), "generate", "-m", kToy.c_str(), "-p", "a long one", "-n", "100000",
+              "--json", "-o", mp4.c_str(), (char*)nullptr);
+        _exit(127);
+    }
+    // Wait for the second progress event, then interrupt.
+    for (int i = 0; i < 600; ++i) {
+        usleep(100 * 1000);
+        std::string e = slurp(err);
+        size_t first = e.find("\"progress\"");
+        if (first != std::string::npos && e.find("\"progress\"", first + 1) != std::string::npos)
+            break;
+    }
+    kill(pid, SIGINT);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    ASSERT_TRUE(WIFEXITED(st));
+    EXPECT_EQ(WEXITSTATUS(st), 130);
+    nlohmann::json rec = nlohmann::json::parse(slurp(mp4 + ".json"));
+    EXPECT_TRUE(rec["interrupted"].get<bool>());
+    const int64_t frames = rec["frames"].get<int64_t>();
+    EXPECT_GE(frames, 21);
+    EXPECT_LT(frames, 100000);
+    EXPECT_EQ(count_frames(mp4), frames);
+}
+
+TEST_F(Cli, BadInputGivesOneClearErrorAndNoJunk) {
+    struct Case {
+        std::string args, expect;
+    };
+    std::string missing_part = path("broken_model");
+    std::system(("mkdir -p " + missing_part + " && cp " + kToy + "/reel.json " + kToy + "/tokenizer.model " +
+                 missing_part +
+                 "/ && sed -i -e 's#../golden/vae_weights.safetensors#vae_missing.safetensors#' -e 's#\"../golden/#\"" +
+                 kToy + "/../golden/#' " + missing_part + "/reel.json")
+                    .c_str());
+    const std::string out = path("bad.mp4");
+    std::vector<Case> cases = {
+        {"generate -m " + kToy + " -p '' -o " + out, "prompt is empty"},
+        {"generate -m no_such_model -p 'a' -o " + out, "unknown model 'no_such_model'"},
+        {"generate -m " + kToy + " -p 'a' --width 65 -o " + out, "multiple of 16"},
+        {"generate -m " + kToy + " -p 'a' -o /nonexistent_dir/x.mp4", "/nonexistent_dir/x.mp4"},
+        {"generate -m " + missing_part + " -p 'a' -o " + out, "missing its vae file"},
+        {"generate -m " + kToy + " -p 'a' --dit " + std::string(REEL_TEST_DATA) +
+             "/golden/vae_weights.safetensors -o " + out,
+         "does not hold a Wan DiT"},
+        {"generate -m " + kToy + " -p 'a' --bogus-flag -o " + out, "bogus-flag"},
+        {"generate -m " + kToy + " -p 'a' --steps 1000,abc -o " + out, "--steps"},
+        {"generate -m " + kToy + " -p 'a' --cache window:sink=1 -o " + out, "recent"},
+        {"generate -m " + kToy + " -p 'a' --device tpu -o " + out, "--device"},
+        {"inspect /nonexistent.safetensors", "/nonexistent.safetensors"},
+        {"inspect " + std::string(REEL_TEST_DATA) + "/golden/pickle/malicious.pt", "system"},
+        {"eval tinyworld " + std::string(REEL_TEST_DATA) +
+             "/golden/README.md -p 'a red circle moving right on a "
+             "black background'",
+         "README.md"},
+    };
+    for (const auto& c : cases) {
+        Result r = run(c.args);
+        EXPECT_NE(r.rc, 0) << c.args;
+        EXPECT_NE(r.err.find("reel: error:"), std::string::npos) << c.args << "\n" << r.err;
+        EXPECT_NE(r.err.find(c.expect), std::string::npos) << c.args << "\n" << r.err;
+        EXPECT_FALSE(exists(out)) << c.args;
+        EXPECT_FALSE(exists(out + ".json")) << c.args;
+    }
+}
+
+TEST_F(Cli, InspectReportsTensorsAndDetectedModel) {
+    Result r = run("inspect " + std::string(REEL_TEST_DATA) + "/golden/dit_weights.safetensors --heads 4 --json");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["model_type"], "wan-dit");
+    EXPECT_EQ(j["parameters"], 224944);
+    EXPECT_EQ(j["config"]["num_layers"], 2);
+    EXPECT_EQ(j["config"]["dim"], 80);
+    EXPECT_EQ(j["config"]["num_heads"], 4);
+
+    r = run("inspect " + std::string(REEL_TEST_DATA) + "/golden/pickle/selfforcing_style.pt");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.out.find("generator_ema"), std::string::npos);
+
+    r = run("inspect " + std::string(REEL_TEST_DATA) + "/golden/vae_weights.safetensors --json");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["model_type"], "wan-vae");
+}
+
+// The evaluator through the CLI, on a video rendered by the world itself (so adherence must be ~1).
+TEST_F(Cli, EvalTinyworldScoresWorldVideo) {
+    const std::string prompt = "a yellow square moving down on a navy background";
+    reel::World world(reel::parse_prompt(prompt), 3);
+    reel::VideoFormat fmt;
+    fmt.width = 64;
+    fmt.height = 64;
+    auto w = reel::open_video_writer(path("w.mp4"), fmt);
+    for (int i = 0; i < 48; ++i)
+        w->write(world.render(i).data());
+    w->close();
+    Result r = run("eval tinyworld " + path("w.mp4") + " -p '" + prompt + "'");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    auto j = nlohmann::json::parse(r.out);
+    EXPECT_GE(j["videos"][0]["overall"].get<double>(), 0.95) << r.out;
+    EXPECT_EQ(j["summary"]["all"]["videos"], 1);
+}
+
+}  // namespace
