@@ -9,6 +9,12 @@
 namespace reel {
 
 namespace {
+// Waits for an asynchronous device (CUDA) so a timing covers the work, not just its launch; free on the CPU.
+void sync(const at::Tensor& t) {
+    if (!t.device().is_cpu())
+        t.sum().item<double>();
+}
+
 double ms_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -92,6 +98,7 @@ at::Tensor CausalRollout::next_chunk() {
             x = sched_.add_noise(x0, noise(NoiseRequest::kRenoise, i), tn);
         }
     }
+    sync(x0);
     timing_.denoise_ms = ms_since(t0);
 
     // Cache pass: write the K/V of the clean chunk (outputs discarded).
@@ -102,7 +109,7 @@ at::Tensor CausalRollout::next_chunk() {
         at::Tensor tn = at::full({cfg_.batch, cfg_.chunk_frames}, tc, at::TensorOptions().dtype(at::kFloat));
         xc = sched_.add_noise(x0, noise(NoiseRequest::kContext, n_steps), tn);
     }
-    call(xc, tc, -1);
+    sync(call(xc, tc, -1));
     timing_.cache_pass_ms = ms_since(t1);
     ++chunks_done_;
     return x0;

@@ -257,7 +257,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> wan_dit_tensor_shapes(
     return s;
 }
 
-TensorMap random_wan_dit_weights(const WanDitConfig& cfg, uint64_t seed, c10::ScalarType dtype) {
+TensorMap random_wan_dit_weights(const WanDitConfig& cfg, uint64_t seed, c10::ScalarType dtype, bool gaussian) {
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     TensorMap out;
     auto ends_with = [](const std::string& a, const std::string& b) {
@@ -265,7 +265,9 @@ TensorMap random_wan_dit_weights(const WanDitConfig& cfg, uint64_t seed, c10::Sc
     };
     for (const auto& ns : wan_dit_tensor_shapes(cfg)) {
         const std::string& name = ns.first;
-        at::Tensor t = at::randn(ns.second, gen, at::TensorOptions().dtype(at::kFloat));
+        at::Tensor t = gaussian ? at::randn(ns.second, gen, at::TensorOptions().dtype(at::kFloat))
+                                : at::empty(ns.second, at::TensorOptions().dtype(at::kFloat))
+                                      .uniform_(-std::sqrt(3.0), std::sqrt(3.0), gen);  // unit variance
         if (ends_with(name, "modulation")) {
             t.div_(std::sqrt(static_cast<double>(cfg.dim)));
         } else if (name.find("norm") != std::string::npos && ends_with(name, ".weight")) {

@@ -3,7 +3,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "cache/kv_cache.h"
+#include "kernels/attention.h"
 
 using namespace reel;
 
@@ -119,4 +122,21 @@ TEST(KVCache, RejectsWhatCannotFit) {
     auto f = make_full_cache(1);
     auto kv = frames_kv(0, 2);
     EXPECT_THROW(f->write(0, 0, 3, kv.first, kv.second), std::runtime_error);  // 8 tokens are not 3 frames
+}
+
+// The attention kernel the caches feed: a logit bias of log(n) on one key equals that key appearing n times
+// (what merged entries rely on), and blocking the query rows changes nothing.
+TEST(Attention, LogCountBiasAndQueryBlocking) {
+    at::manual_seed(0);
+    at::Tensor q = at::randn({1, 5, 2, 8}), k = at::randn({1, 3, 2, 8}), v = at::randn({1, 3, 2, 8});
+    at::Tensor k_dup = at::cat({k.narrow(1, 0, 1), k}, 1), v_dup = at::cat({v.narrow(1, 0, 1), v}, 1);
+    at::Tensor bias = at::tensor(std::vector<float>{std::log(2.0f), 0.0f, 0.0f});
+    at::Tensor a = attention(q, k, v, bias), b = attention(q, k_dup, v_dup);
+    EXPECT_LE((a - b).abs().max().item<double>(), 1e-6);
+    // Reference: softmax(q k^T / sqrt(D)) v per head.
+    at::Tensor s = at::matmul(q.permute({0, 2, 1, 3}), k.permute({0, 2, 3, 1})) / std::sqrt(8.0);
+    at::Tensor ref = at::matmul(at::softmax(s, -1), v.permute({0, 2, 1, 3})).permute({0, 2, 1, 3});
+    EXPECT_LE((attention(q, k, v) - ref).abs().max().item<double>(), 1e-6);
+    EXPECT_LE((attention(q, k, v, at::Tensor(), /*max_score_bytes=*/1) - ref).abs().max().item<double>(), 1e-6);
+    EXPECT_THROW(attention(q, k.narrow(3, 0, 4), v), std::runtime_error);
 }
