@@ -601,25 +601,59 @@ at::Tensor WanVae::decode(const at::Tensor& z) const {
     return decoder_.forward(decoder_input(z), nullptr);
 }
 
-at::Tensor WanVae::encode(const at::Tensor& video) const {
-    if (!has_encoder_)
-        throw std::runtime_error("WanVae::encode: the VAE was loaded without its encoder");
-    if (video.dim() != 5 || video.size(1) != 3 || (video.size(2) - 1) % 4 != 0)
-        throw std::runtime_error("WanVae::encode: video must be [B, 3, 1+4k, H, W]");
-    if (video.size(3) % 8 != 0 || video.size(4) % 8 != 0)
-        throw std::runtime_error("WanVae::encode: H and W must be multiples of 8");
-    at::Tensor v = video.to(device_, dtype_);
-    // video: [B, 3, T, H, W]; frame 0, then groups of 4, each through the encoder with the caches.
-    wan_vae::Cache cache;
-    std::vector<at::Tensor> outs;
-    const int64_t T = v.size(2);
-    for (int64_t t0 = 0; t0 < T; t0 += (t0 == 0 ? 1 : 4)) {
-        cache.begin();
-        outs.push_back(encoder_.forward(v.narrow(2, t0, t0 == 0 ? 1 : 4), &cache));  // [B, 2z, 1, h, w]
-    }
-    at::Tensor h = conv1_.forward(at::cat(outs, 2), nullptr);  // [B, 2z, T', h, w]
+at::Tensor WanVae::encode_step(const at::Tensor& frames, wan_vae::Cache& cache) const {
+    // frames: [B, 3, 1 or 4, H, W] -> [B, z, 1, H/8, W/8]
+    cache.begin();
+    at::Tensor h = conv1_.forward(encoder_.forward(frames.to(device_, dtype_), &cache), nullptr);  // [B, 2z, 1, h, w]
     at::Tensor mu = h.narrow(1, 0, cfg_.z_dim);
     return (mu - mean_.view({1, -1, 1, 1, 1})) * inv_std_.view({1, -1, 1, 1, 1});
+}
+
+at::Tensor WanVae::encode(const at::Tensor& video) const {
+    if (video.dim() != 5 || (video.size(2) - 1) % 4 != 0)
+        throw std::runtime_error("WanVae::encode: video must be [B, 3, 1+4k, H, W]");
+    WanVaeEncodeStream stream(*this);
+    return stream.push(video);
+}
+
+// ---- streaming encode ----------------------------------------------------------------------------------------
+
+WanVaeEncodeStream::WanVaeEncodeStream(const WanVae& vae) : vae_(vae) {}
+
+void WanVaeEncodeStream::reset() {
+    cache_.clear();
+    pending_ = at::Tensor();
+    steps_ = 0;
+}
+
+int64_t WanVaeEncodeStream::cache_bytes() const {
+    return cache_.bytes() + (pending_.defined() ? int64_t(pending_.nbytes()) : 0);
+}
+
+at::Tensor WanVaeEncodeStream::push(const at::Tensor& video) {
+    // video: [B, 3, T, H, W] -> [B, z, T', h, w]
+    if (!vae_.has_encoder())
+        throw std::runtime_error("WanVae::encode: the VAE was loaded without its encoder");
+    if (video.dim() != 5 || video.size(1) != 3 || video.size(2) < 1)
+        throw std::runtime_error("WanVae::encode: video must be [B, 3, T>=1, H, W]");
+    if (video.size(3) % 8 != 0 || video.size(4) % 8 != 0)
+        throw std::runtime_error("WanVae::encode: H and W must be multiples of 8");
+    at::Tensor frames = pending_.defined() ? at::cat({pending_, video}, 2) : video;
+    std::vector<at::Tensor> outs;
+    int64_t t0 = 0;
+    for (int64_t need = steps_ == 0 ? 1 : 4; frames.size(2) - t0 >= need; need = 4) {
+        outs.push_back(vae_.encode_step(frames.narrow(2, t0, need), cache_));
+        t0 += need;
+        ++steps_;
+    }
+    const int64_t left = frames.size(2) - t0;
+    pending_ = left > 0 ? frames.narrow(2, t0, left).clone() : at::Tensor();
+    if (outs.empty()) {
+        const int64_t z = vae_.config().z_dim;
+        return at::empty({video.size(0), z, 0, video.size(3) / 8, video.size(4) / 8},
+                         video.options().dtype(vae_.dtype()).device(vae_.device()));
+    }
+    return outs.size() == 1 ? outs[0] : at::cat(outs, 2);
 }
 
 // ---- streaming decode ----------------------------------------------------------------------------------------

@@ -165,7 +165,8 @@ class WanVae {
     at::Tensor decode(const at::Tensor& z) const;
 
     // video: [B, 3, T, H, W] in [-1, 1], T = 1+4k -> normalized mu [B, z_dim, 1+k, H/8, W/8]
-    // Frame 0 alone, then groups of 4 frames with per-layer caches (bounded memory, like the reference).
+    // Frame 0 alone, then groups of 4 frames with per-layer caches (bounded memory, like the reference);
+    // WanVaeEncodeStream does the same incrementally.
     at::Tensor encode(const at::Tensor& video) const;
 
     bool has_encoder() const { return has_encoder_; }
@@ -177,6 +178,8 @@ class WanVae {
 
     // z [B, z, T, h, w] normalized -> raw latents after conv2 (what the decoder consumes)
     at::Tensor decoder_input(const at::Tensor& z) const;
+    // One encoder step with the caches: frames [B, 3, 1 (first step) or 4, H, W] -> normalized mu [B, z, 1, h, w]
+    at::Tensor encode_step(const at::Tensor& frames, wan_vae::Cache& cache) const;
     const wan_vae::Decoder& decoder() const { return decoder_; }
 
   private:
@@ -207,6 +210,24 @@ class WanVaeDecodeStream {
     const WanVae& vae_;
     wan_vae::Cache cache_;
     int64_t frames_pushed_ = 0;
+};
+
+// Streaming encode: push pixel frames in any grouping; each push returns the latent frames completed by it
+// (frame 0 alone makes latent 0, then every 4 frames one more). Up to 3 frames wait for their group.
+class WanVaeEncodeStream {
+  public:
+    explicit WanVaeEncodeStream(const WanVae& vae);
+    // video: [B, 3, T, H, W] in [-1, 1], any T >= 1 -> normalized mu [B, z_dim, T', H/8, W/8] (T' may be 0)
+    at::Tensor push(const at::Tensor& video);
+    void reset();
+    int64_t cache_bytes() const;
+    int64_t pending_frames() const { return pending_.defined() ? pending_.size(2) : 0; }
+
+  private:
+    const WanVae& vae_;
+    wan_vae::Cache cache_;
+    at::Tensor pending_;  // [B, 3, <4, H, W] frames not yet encoded
+    int64_t steps_ = 0;
 };
 
 }  // namespace reel

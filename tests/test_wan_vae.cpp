@@ -198,6 +198,25 @@ TEST(WanVae, RandomWeightsRoundTripThroughDetection) {
     EXPECT_EQ(vae.encode(at::rand({1, 3, 9, 16, 24}, at::kDouble) * 2 - 1).sizes(), (at::IntArrayRef{1, 16, 3, 2, 3}));
 }
 
+TEST(WanVae, StreamingEncodeMatchesGolden) {
+    const WanVae& vae = tiny_vae();
+    const at::Tensor& video = golden().cases.at("encode_T9.video");
+    WanVaeEncodeStream s(vae);
+    std::vector<at::Tensor> outs;
+    int64_t t0 = 0;
+    for (int n : {2, 3, 1, 3}) {
+        outs.push_back(s.push(video.narrow(2, t0, n)));
+        t0 += n;
+    }
+    // 2 frames -> latent 0 (1 pending); +3 -> 4 pending -> latent 1; +1 -> 1 pending; +3 -> latent 2.
+    EXPECT_EQ(outs[0].size(2), 1);
+    EXPECT_EQ(outs[1].size(2), 1);
+    EXPECT_EQ(outs[2].size(2), 0);
+    EXPECT_EQ(outs[3].size(2), 1);
+    EXPECT_EQ(s.pending_frames(), 0);
+    expect_close(at::cat(outs, 2), golden().cases.at("encode_T9.mu"), "encode stream 2+3+1+3");
+}
+
 TEST(WanVae, ReportsMissingAndMisshapedTensors) {
     TensorMap w = golden().weights;
     w.erase("decoder.upsamples.3.time_conv.weight");
