@@ -18,9 +18,11 @@ at::Tensor attention(const at::Tensor& q,
         throw std::runtime_error("attention: expected q [B,Lq,N,D] and k, v [B,Lk,N,D] with matching B, N, D");
     const int64_t b = q.size(0), lq = q.size(1), n = q.size(2), d = q.size(3), lk = k.size(1);
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-    at::Tensor kt = k.permute({0, 2, 3, 1});  // [B, N, D, Lk]
-    at::Tensor vh = v.permute({0, 2, 1, 3});  // [B, N, Lk, D]
-    at::Tensor qh = q.permute({0, 2, 1, 3});  // [B, N, Lq, D]
+    // Head-major copies made once: matmul would otherwise copy the permuted K/V again for every query block.
+    // kt is a transposed view, which batched GEMM takes without a copy.
+    at::Tensor kt = k.permute({0, 2, 1, 3}).contiguous().transpose(2, 3);  // [B, N, D, Lk]
+    at::Tensor vh = v.permute({0, 2, 1, 3}).contiguous();                  // [B, N, Lk, D]
+    at::Tensor qh = q.permute({0, 2, 1, 3}).contiguous();                  // [B, N, Lq, D]
     at::Tensor bias_row;
     if (bias.defined())
         bias_row = bias.to(q.scalar_type()).view({1, 1, 1, lk});
