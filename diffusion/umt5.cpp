@@ -125,8 +125,11 @@ UMT5Encoder::UMT5Encoder(const TensorMap& tensors, const UMT5Config& cfg, c10::D
 }
 
 at::Tensor UMT5Encoder::position_bias(int layer, int64_t lq, int64_t lk) const {
+    return bias_from_buckets(layer, umt5_relative_buckets(lq, lk, cfg_.num_buckets, cfg_.max_dist).to(device_));
+}
+
+at::Tensor UMT5Encoder::bias_from_buckets(int layer, const at::Tensor& buckets) const {
     const at::Tensor& table = cfg_.shared_pos ? shared_pos_table_ : blocks_.at(size_t(layer)).pos_table;
-    at::Tensor buckets = umt5_relative_buckets(lq, lk, cfg_.num_buckets, cfg_.max_dist).to(device_);
     // table[buckets]: [Lq, Lk, heads] -> [1, heads, Lq, Lk]
     return at::embedding(table, buckets).permute({2, 0, 1}).unsqueeze(0).contiguous();
 }
@@ -145,16 +148,18 @@ at::Tensor UMT5Encoder::encode(const at::Tensor& ids_in, const at::Tensor& mask_
     const at::Tensor neg_t = at::scalar_tensor(neg, at::TensorOptions().dtype(dtype_).device(device_));
 
     at::Tensor x = at::embedding(token_embedding_, ids);  // [B, L, dim]
+    // Same buckets for every layer; only the tables differ.
+    const at::Tensor buckets = umt5_relative_buckets(L, L, cfg_.num_buckets, cfg_.max_dist).to(device_);
     at::Tensor shared_bias;
     for (int i = 0; i < cfg_.num_layers; ++i) {
         const Block& b = blocks_[size_t(i)];
         at::Tensor pos;
         if (cfg_.shared_pos) {
             if (!shared_bias.defined())
-                shared_bias = position_bias(0, L, L);
+                shared_bias = bias_from_buckets(0, buckets);
             pos = shared_bias;
         } else {
-            pos = position_bias(i, L, L);  // [1, N, L, L]
+            pos = bias_from_buckets(i, buckets);  // [1, N, L, L]
         }
         // The mask replaces (not adds to) the position bias at padded keys.
         const at::Tensor bias = at::where(key_pad, neg_t, pos);  // [B, N, L, L]

@@ -57,6 +57,8 @@ class UMT5Encoder {
     const UMT5Config& config() const { return cfg_; }
 
   private:
+    // buckets: [Lq, Lk] int64 on the device -> [1, heads, Lq, Lk]
+    at::Tensor bias_from_buckets(int layer, const at::Tensor& buckets) const;
     struct Block {
         RMSNorm norm1, norm2;
         Linear q, k, v, o;
