@@ -241,6 +241,40 @@ TEST_F(Cli, InspectReportsTensorsAndDetectedModel) {
     EXPECT_EQ(nlohmann::json::parse(r.out)["model_type"], "wan-vae");
 }
 
+// The real Wan2.1 + Self-Forcing file layout (torch.save checkpoints, config.json, google/umt5-xxl/spiece.model),
+// in miniature: see tests/data/wan_layout/make_fixture.py.
+TEST_F(Cli, WanLayoutFolderWithSelfForcingCheckpoint) {
+    const std::string wan = std::string(REEL_TEST_DATA) + "/wan_layout/model";
+    const std::string common = " -p 'a red fox' -n 9 --width 64 --height 64 -q --seed 3";
+    Result r = run("generate -m " + wan + common + " --frames-dir " + path("ema"));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    r = run("generate -m " + wan + common + " --frames-dir " + path("ema2") + " --record " + path("ema2.json"));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    nlohmann::json rec = nlohmann::json::parse(slurp(path("ema2.json")));
+    EXPECT_EQ(rec["model"]["dit_group"], "generator_ema");
+    EXPECT_NE(rec["model"]["dit"].get<std::string>().find("self_forcing_dmd.pt"), std::string::npos);
+    r = run("generate -m " + wan + common + " --no-ema --frames-dir " + path("gen"));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    // The fixture's EMA differs from the generator in the head: the videos must differ.
+    EXPECT_EQ(slurp(path("ema/frame_000008.png")), slurp(path("ema2/frame_000008.png")));
+    EXPECT_NE(slurp(path("ema/frame_000008.png")), slurp(path("gen/frame_000008.png")));
+
+    r = run("inspect " + wan);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.out.find("wan-dit (Wan2.1 DiT, 2 layers, dim 80, 4 heads)"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("wan-vae"), std::string::npos);
+    EXPECT_NE(r.out.find("umt5-encoder"), std::string::npos);
+
+    // A folder missing a part says which part and what it looked for.
+    std::system(("mkdir -p " + path("partial") + " && cp " + wan + "/self_forcing_dmd.pt " + wan + "/config.json " +
+                 path("partial"))
+                    .c_str());
+    r = run("generate -m " + path("partial") + " -p 'a' -o " + path("p.mp4"));
+    EXPECT_NE(r.rc, 0);
+    EXPECT_NE(r.err.find("has no VAE (looked for Wan2.1_VAE.pth"), std::string::npos) << r.err;
+    EXPECT_FALSE(exists(path("p.mp4")));
+}
+
 // The evaluator through the CLI, on a video rendered by the world itself (so adherence must be ~1).
 TEST_F(Cli, EvalTinyworldScoresWorldVideo) {
     const std::string prompt = "a yellow square moving down on a navy background";

@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <cstdio>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -120,9 +121,20 @@ int run_inspect(const InspectOptions& o) {
     } else {
         files.push_back(o.path);
     }
+    InspectOptions file_opts = o;
+    // A Wan folder's config.json knows the head count that shapes can't tell.
+    if (is_dir(o.path) && o.heads == 0) {
+        std::ifstream cfg(o.path + "/config.json");
+        if (cfg) {
+            try {
+                file_opts.heads = nlohmann::json::parse(cfg).value("num_heads", 0);
+            } catch (...) {
+            }
+        }
+    }
     nlohmann::json all = nlohmann::json::array();
     for (const auto& f : files) {
-        nlohmann::json j = inspect_file(f, o);
+        nlohmann::json j = inspect_file(f, file_opts);
         if (o.json)
             all.push_back(j);
         else
