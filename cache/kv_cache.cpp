@@ -32,11 +32,14 @@ class FrameSlotCache : public KVCache {
         if (k.dim() != 4 || k.sizes() != v.sizes() || n_frames <= 0 || k.size(1) % n_frames != 0)
             throw std::runtime_error("KV cache: write expects k, v [B, F*S, N, D] with F = n_frames");
         const int64_t s = k.size(1) / n_frames;
-        if (L.k.defined() && (s != tokens_per_frame_ || k.size(0) != L.k.size(0) || k.size(2) != L.k.size(2) ||
-                              k.size(3) != L.k.size(3)))
-            throw std::runtime_error("KV cache: write shape differs from what the cache holds");
-        if (!L.k.defined()) {
-            tokens_per_frame_ = s;
+        const bool same_shape = L.k.defined() && s == L.s && k.size(0) == L.k.size(0) && k.size(2) == L.k.size(2) &&
+                                k.size(3) == L.k.size(3) && k.options().dtype() == L.k.options().dtype() &&
+                                k.device() == L.k.device();
+        if (!same_shape) {
+            if (!L.frames.empty())
+                throw std::runtime_error("KV cache: write shape/dtype/device differs from what the cache holds");
+            // First write, or the first after reset() of a video with another latent size: (re)allocate.
+            L.s = s;
             allocate(L, k, window_ > 0 ? window_ : std::max(initial_frames_, n_frames));
         }
         // Which frames are new; present ones are overwritten in place.
@@ -85,11 +88,11 @@ class FrameSlotCache : public KVCache {
         KVView out;
         if (!L.k.defined())
             return out;
-        const int64_t t = static_cast<int64_t>(L.frames.size()) * tokens_per_frame_;
+        const int64_t t = static_cast<int64_t>(L.frames.size()) * L.s;
         out.k = L.k.narrow(1, 0, t);
         out.v = L.v.narrow(1, 0, t);
         if (!L.frame_pos.defined())
-            L.frame_pos = at::tensor(L.frames, at::kLong).repeat_interleave(tokens_per_frame_).to(L.k.device());
+            L.frame_pos = at::tensor(L.frames, at::kLong).repeat_interleave(L.s).to(L.k.device());
         out.frame_pos = L.frame_pos;
         return out;
     }
@@ -125,6 +128,7 @@ class FrameSlotCache : public KVCache {
     struct Layer {
         at::Tensor k, v;  // [B, capacity * S, N, D]
         int64_t capacity = 0;
+        int64_t s = 0;                // tokens per frame
         std::vector<int64_t> frames;  // absolute frame per slot
         mutable at::Tensor frame_pos;
     };
@@ -137,7 +141,7 @@ class FrameSlotCache : public KVCache {
     const Layer& at_layer(int layer) const { return const_cast<FrameSlotCache*>(this)->at_layer(layer); }
 
     void allocate(Layer& L, const at::Tensor& like, int64_t cap) {
-        L.k = at::empty({like.size(0), cap * tokens_per_frame_, like.size(2), like.size(3)}, like.options());
+        L.k = at::empty({like.size(0), cap * L.s, like.size(2), like.size(3)}, like.options());
         L.v = at::empty_like(L.k);
         L.capacity = cap;
     }
@@ -145,19 +149,19 @@ class FrameSlotCache : public KVCache {
     void grow(Layer& L, int64_t cap) {
         at::Tensor ok = L.k, ov = L.v;
         allocate(L, ok, cap);
-        const int64_t t = static_cast<int64_t>(L.frames.size()) * tokens_per_frame_;
+        const int64_t t = static_cast<int64_t>(L.frames.size()) * L.s;
         L.k.narrow(1, 0, t).copy_(ok.narrow(1, 0, t));
         L.v.narrow(1, 0, t).copy_(ov.narrow(1, 0, t));
     }
 
     void copy_frame(Layer& L, int64_t slot, const at::Tensor& k, const at::Tensor& v, int64_t i) {
-        const int64_t s = tokens_per_frame_;
+        const int64_t s = L.s;
         L.k.narrow(1, slot * s, s).copy_(k.narrow(1, i * s, s));
         L.v.narrow(1, slot * s, s).copy_(v.narrow(1, i * s, s));
     }
 
     void move_slot(Layer& L, int64_t from, int64_t to) {
-        const int64_t s = tokens_per_frame_;
+        const int64_t s = L.s;
         L.k.narrow(1, to * s, s).copy_(L.k.narrow(1, from * s, s));
         L.v.narrow(1, to * s, s).copy_(L.v.narrow(1, from * s, s));
     }
@@ -165,7 +169,6 @@ class FrameSlotCache : public KVCache {
     std::vector<Layer> layers_;
     int64_t initial_frames_;
     int sink_, window_;
-    int64_t tokens_per_frame_ = 0;
 };
 
 }  // namespace

@@ -111,6 +111,13 @@ TEST(KVCache, WindowWithoutSink) {
     c->reset();
     write_all(*c, 0, 2);
     EXPECT_EQ(c->frame_list(), (std::vector<int64_t>{0, 1}));
+    // Mixing shapes is refused while frames are held; after reset a new latent size reallocates.
+    at::Tensor big = at::ones({kB, 2 * 2 * kS, kN, kD});
+    EXPECT_THROW(c->write(0, 2, 2, big, big), std::runtime_error);
+    c->reset();
+    c->write(0, 0, 2, big, big);
+    EXPECT_EQ(c->view(0).k.size(1), 2 * 2 * kS);
+    EXPECT_EQ(c->view(0).frame_pos.numel(), 2 * 2 * kS);
 }
 
 TEST(KVCache, RejectsWhatCannotFit) {
