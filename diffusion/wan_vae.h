@@ -3,7 +3,8 @@
 //
 // Every 3-tap CausalConv3d sees 2 zero frames in front of the sequence; in streaming mode each one keeps the
 // last 2 frames of its input as a per-layer cache, so a video of any length is decoded one latent frame at a
-// time with bounded memory and bit-for-bit the same result as decoding the whole clip at once.
+// time with bounded memory and the same result as decoding the whole clip at once (exactly in float64; in
+// float32 up to the summation order the convolutions pick for 1 vs T frames, ~3e-6 on the golden data).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
@@ -41,8 +42,8 @@ struct WanVaeConfig {
 void to_json(nlohmann::json& j, const WanVaeConfig& c);
 void from_json(const nlohmann::json& j, WanVaeConfig& c);
 
-// Reads dim, z_dim, dim_mult, num_res_blocks and the temporal flags from the tensor names and shapes
-// (decoder.* is required, encoder.* used when present); mean/std from `scale.mean` / `scale.inv_std` when the
+// Reads dim, z_dim, dim_mult, num_res_blocks and the temporal flags from the decoder.* names and shapes (so a
+// decoder-only checkpoint works too); mean/std from `scale.mean` / `scale.inv_std` when the
 // checkpoint has them, else the Wan2.1 defaults.
 WanVaeConfig detect_wan_vae_config(const TensorMap& tensors);
 
