@@ -199,7 +199,7 @@ class WanVae {
 // plus the per-layer caches (2 frames per causal conv), whatever the video length.
 class WanVaeDecodeStream {
   public:
-    explicit WanVaeDecodeStream(const WanVae& vae);
+    explicit WanVaeDecodeStream(const WanVae& vae);  // `vae` must outlive the stream
     // z: [B, z_dim, T, h, w], any T >= 1 -> [B, 3, T', 8h, 8w] with T' = 1 + 4(T-1) on the first push of a
     // sequence, 4T afterwards.
     at::Tensor push(const at::Tensor& z);
@@ -217,7 +217,7 @@ class WanVaeDecodeStream {
 // (frame 0 alone makes latent 0, then every 4 frames one more). Up to 3 frames wait for their group.
 class WanVaeEncodeStream {
   public:
-    explicit WanVaeEncodeStream(const WanVae& vae);
+    explicit WanVaeEncodeStream(const WanVae& vae);  // `vae` must outlive the stream
     // video: [B, 3, T, H, W] in [-1, 1], any T >= 1 -> normalized mu [B, z_dim, T', H/8, W/8] (T' may be 0)
     at::Tensor push(const at::Tensor& video);
     void reset();
