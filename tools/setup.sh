@@ -9,7 +9,7 @@ packages=(
     libtorch-dev libopenblas0-openmp libopenblas-openmp-dev  # LibTorch; OpenBLAS makes its CPU matmuls ~30x faster
     libfaiss-dev                                             # ANN indexes (static: needs OpenMP, BLAS, LAPACK)
     libavformat-dev libavcodec-dev libavutil-dev libswscale-dev  # MP4/H.264 output (libx264 is built in)
-    libsentencepiece-dev                                     # umT5 tokenizer
+    libsentencepiece-dev sentencepiece                       # umT5 tokenizer (loaded at run time); spm_train for training
     libcli11-dev libgtest-dev nlohmann-json3-dev
 )
 missing=()
