@@ -104,6 +104,17 @@ TEST_F(Cli, GenerateWritesPlayableMp4AndRecord) {
         EXPECT_TRUE(rec["settings"].contains(k)) << k;
 }
 
+// -m NAME finds a model folder by name in $REEL_MODEL_PATH (then share/reel/weights, then the source weights/).
+TEST_F(Cli, ModelByName) {
+    Result r = run("generate -m toy_model -p 'a red circle' -n 9 -q -o " + path("n.mp4"));
+    EXPECT_NE(r.rc, 0);
+    EXPECT_NE(r.err.find("unknown model 'toy_model'"), std::string::npos) << r.err;
+    const std::string env = "REEL_MODEL_PATH=/nonexistent:" + std::string(REEL_TEST_DATA) + " ";
+    const std::string cmd = env + kReel + " generate -m toy_model -p 'a red circle' -n 9 -q -o " + path("n.mp4");
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    EXPECT_EQ(count_frames(path("n.mp4")), 9);
+}
+
 TEST_F(Cli, FramesRoundUpToWholeChunksAndSaySo) {
     Result r = run("generate -m " + kToy + " -p 'a blue square' -n 20 -o " + path("b.mp4"));
     ASSERT_EQ(r.rc, 0) << r.err;
