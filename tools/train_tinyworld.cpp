@@ -1,0 +1,813 @@
+// train_tinyworld: trains reel's embedded default model "tinyworld" (tiny Wan VAE, word-level SentencePiece
+// tokenizer, tiny umT5 + tiny causal Wan DiT) on the procedural world, through the engine's own modules, and
+// exports a model folder `reel generate -m` loads. See docs/training.md for the recipe and the measured numbers.
+//
+//   train_tinyworld --out weights/tinyworld --stage all --minutes 60 [--resume] [--seed 1]
+//
+// Stages: tokenizer | vae | dit | eval | check (autograd reaches the weight maps) | all (tokenizer, vae, dit,
+// eval). Every stage writes resumable checkpoints (weights, AdamW state, step) under --state every
+// --ckpt-minutes and exports the current model into --out, so an interrupted run leaves a usable model.
+//
+// Training goes through the public module API: the weights live in a TensorMap of float32 CPU leaves with
+// requires_grad; the module is rebuilt from that map every step (WeightStore takes tensors of matching
+// device/dtype without a copy), so the optimizer updates exactly what the module computes with.
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cache/kv_cache.h"
+#include "diffusion/rollout.h"
+#include "diffusion/scheduler.h"
+#include "diffusion/tokenizer.h"
+#include "diffusion/umt5.h"
+#include "diffusion/wan_config.h"
+#include "diffusion/wan_dit.h"
+#include "diffusion/wan_vae.h"
+#include "tinyworld/evaluator.h"
+#include "tinyworld/prompt.h"
+#include "tinyworld/suite.h"
+#include "tinyworld/world.h"
+#include "tools/train_common.h"
+#include "tools/train_vae.h"
+#include "weights/safetensors.h"
+
+using namespace reel;
+using namespace reel::train;
+using nlohmann::json;
+
+namespace {
+
+struct Options {
+    std::string out = "weights/tinyworld";
+    std::string state = "tools/train_state";
+    std::string stage = "all";
+    double minutes = 10;      // stage budget (for `all`: split 30% VAE, 70% DiT)
+    double ckpt_minutes = 3;  // checkpoint + export period
+    int64_t max_steps = 0;    // 0: time budget only
+    bool resume = false;
+    uint64_t seed = 1;
+    int threads = 2;
+    // VAE
+    std::vector<int> vae_mult{1, 2, 4, 8};
+    int vae_dim = 8, vae_res = 1, vae_batch = 4, vae_frames = 5;
+    double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
+    // text encoder + DiT
+    int dit_dim = 128, dit_layers = 4, dit_heads = 4, dit_ffn = 512, text_dim = 64, text_layers = 2, text_len = 24;
+    int dit_batch = 16, chunks = 4, clips_per_prompt = 2;
+    double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
+    // eval
+    int eval_frames = 160, eval_prompts = 48;
+    std::string eval_cache = "window";  // window (recent = trained context) | full
+    uint64_t eval_seed = 0;
+};
+
+const int kChunk = 3;  // latent frames per chunk (Self-Forcing)
+
+// ---------------------------------------------------------------- configs
+
+WanVaeConfig vae_config(const Options& o) {
+    WanVaeConfig c;
+    c.dim = o.vae_dim;
+    c.z_dim = 16;
+    c.dim_mult = o.vae_mult;
+    c.num_res_blocks = o.vae_res;
+    c.temporal_downsample = {false, true, true};
+    // Identity normalization while training; export writes the measured per-channel statistics.
+    c.mean.assign(16, 0.0f);
+    c.std_.assign(16, 1.0f);
+    return c;
+}
+
+WanDitConfig dit_config(const Options& o) {
+    WanDitConfig c;
+    c.dim = o.dit_dim;
+    c.ffn_dim = o.dit_ffn;
+    c.freq_dim = 64;
+    c.text_dim = o.text_dim;
+    c.text_len = o.text_len;
+    c.in_dim = 16;
+    c.out_dim = 16;
+    c.num_heads = o.dit_heads;
+    c.num_layers = o.dit_layers;
+    c.patch = {1, 2, 2};
+    c.validate();
+    return c;
+}
+
+UMT5Config text_config(const Options& o, int vocab) {
+    UMT5Config c;
+    c.vocab = vocab;
+    c.dim = o.text_dim;
+    c.dim_attn = o.text_dim;
+    c.dim_ffn = 2 * o.text_dim;
+    c.num_heads = 2;
+    c.num_layers = o.text_layers;
+    c.num_buckets = 32;
+    c.shared_pos = false;
+    c.text_len = o.text_len;
+    c.max_dist = 128;
+    return c;
+}
+
+// T5-style init: embeddings N(0,1), q scaled by 1/sqrt(head dim) (T5 folds the attention scale into its
+// weights), other projections N(0, 1/fan_in), norms 1, position biases 0.
+TensorMap umt5_init(const UMT5Config& c, uint64_t seed) {
+    at::Generator g = make_gen(seed);
+    auto opt = at::TensorOptions().dtype(at::kFloat);
+    auto lin = [&](int64_t out, int64_t in, double extra = 1.0) {
+        return at::randn({out, in}, g, opt).mul(extra / std::sqrt(double(in)));
+    };
+    TensorMap m;
+    m["token_embedding.weight"] = at::randn({c.vocab, c.dim}, g, opt);
+    const double qscale = 1.0 / std::sqrt(double(c.dim_attn / c.num_heads));
+    for (int i = 0; i < c.num_layers; ++i) {
+        const std::string p = "blocks." + std::to_string(i) + ".";
+        m[p + "norm1.weight"] = at::ones({c.dim}, opt);
+        m[p + "norm2.weight"] = at::ones({c.dim}, opt);
+        m[p + "attn.q.weight"] = lin(c.dim_attn, c.dim, qscale);
+        m[p + "attn.k.weight"] = lin(c.dim_attn, c.dim);
+        m[p + "attn.v.weight"] = lin(c.dim_attn, c.dim);
+        m[p + "attn.o.weight"] = lin(c.dim, c.dim_attn);
+        m[p + "ffn.gate.0.weight"] = lin(c.dim_ffn, c.dim);
+        m[p + "ffn.fc1.weight"] = lin(c.dim_ffn, c.dim);
+        m[p + "ffn.fc2.weight"] = lin(c.dim, c.dim_ffn);
+        m[p + "pos_embedding.embedding.weight"] = at::zeros({c.num_buckets, c.num_heads}, opt);
+    }
+    m["norm.weight"] = at::ones({c.dim}, opt);
+    return m;
+}
+
+std::vector<std::string> train_prompts() {
+    return tinyworld_suite("train");
+}
+
+// lr with a short linear warm-up.
+double lr_at(double base, int64_t step) {
+    return base * std::min(1.0, double(step + 1) / 200.0);
+}
+
+void set_lr(torch::optim::AdamW& opt, double lr) {
+    for (auto& g : opt.param_groups())
+        static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+}
+
+double clip_grad(const TensorMap& params, double max_norm) {
+    std::vector<torch::Tensor> ps;
+    for (const auto& kv : params)
+        if (kv.second.grad().defined())
+            ps.push_back(kv.second);
+    return torch::nn::utils::clip_grad_norm_(ps, max_norm);
+}
+
+// ---------------------------------------------------------------- tokenizer
+
+void stage_tokenizer(const Options& o) {
+    make_dirs(o.out);
+    make_dirs(o.state);
+    // Corpus: every training and evaluation prompt plus every grammar word (speeds, bouncing, "and", "an", "grey"),
+    // so no prompt of the grammar maps a word to unk. Word-level: one piece per word.
+    const std::string corpus = o.state + "/tokenizer_corpus.txt";
+    {
+        std::ofstream out(corpus);
+        for (const char* which : {"train", "eval"})
+            for (const auto& p : tinyworld_suite(which))
+                out << p << "\n";
+        out << "a an and on background standing still moving bouncing slowly quickly left right up down\n";
+        out << "red green blue yellow cyan magenta orange white circle square triangle black gray grey navy\n";
+        out << "a red circle moving left and a blue square standing still on a gray background\n";
+    }
+    const std::string prefix = o.out + "/tokenizer";
+    const std::string cmd = "spm_train --input=" + corpus + " --model_prefix=" + prefix +
+                            " --vocab_size=64 --model_type=word --pad_id=0 --eos_id=1 --unk_id=2 --bos_id=-1"
+                            " --hard_vocab_limit=false --normalization_rule_name=nmt_nfkc_cf"
+                            " --character_coverage=1.0 --minloglevel=2 > " +
+                            o.state + "/spm_train.log 2>&1";
+    if (std::system(cmd.c_str()) != 0)
+        throw std::runtime_error("spm_train failed (is Debian's 'sentencepiece' package installed?); see " + o.state +
+                                 "/spm_train.log");
+    std::remove((prefix + ".vocab").c_str());
+    Tokenizer tok = Tokenizer::load(prefix + ".model");
+    auto ids = tok.encode("a red circle moving right on a black background");
+    std::printf("tokenizer: %s.model, vocab %d, 'a red circle moving right on a black background' -> %zu ids\n",
+                prefix.c_str(), tok.vocab_size(), ids.size());
+}
+
+// ---------------------------------------------------------------- VAE
+
+struct VaeBatch {
+    at::Tensor video, mask;  // [B, 3, T, H, W], [B, 1, T, H, W]
+};
+
+VaeBatch vae_batch(const std::vector<std::string>& prompts, int b, int t, std::mt19937_64& rng) {
+    std::vector<at::Tensor> vs, ms;
+    for (int i = 0; i < b; ++i) {
+        SceneSpec s = parse_prompt(prompts[rng() % prompts.size()]);
+        at::Tensor v, m;
+        render_clip(s, rng(), int64_t(rng() % 4096), t, &v, &m);
+        vs.push_back(v);
+        ms.push_back(m);
+    }
+    return {at::stack(vs), at::stack(ms)};
+}
+
+struct VaeLosses {
+    at::Tensor total;
+    double mse = 0, l1 = 0, edge = 0;
+};
+
+VaeLosses vae_loss(const at::Tensor& rec, const VaeBatch& b, const Options& o, const at::Tensor& mu) {
+    // Object pixels up-weighted: without it the AE settles on the background (METHODS.md, tinyworld prototype).
+    at::Tensor w = 1.0 + (o.obj_weight - 1.0) * b.mask;  // [B, 1, T, H, W]
+    at::Tensor d = rec - b.video;
+    at::Tensor l1 = (w * d.abs()).mean() / w.mean();
+    // Edges: L1 between the spatial finite differences, against blur (rounded squares, blobby triangles).
+    auto dx = [](const at::Tensor& x) { return x.narrow(4, 1, x.size(4) - 1) - x.narrow(4, 0, x.size(4) - 1); };
+    auto dy = [](const at::Tensor& x) { return x.narrow(3, 1, x.size(3) - 1) - x.narrow(3, 0, x.size(3) - 1); };
+    at::Tensor wx = at::maximum(w.narrow(4, 1, w.size(4) - 1), w.narrow(4, 0, w.size(4) - 1));
+    at::Tensor wy = at::maximum(w.narrow(3, 1, w.size(3) - 1), w.narrow(3, 0, w.size(3) - 1));
+    at::Tensor edge = (wx * (dx(rec) - dx(b.video)).abs()).mean() / wx.mean() +
+                      (wy * (dy(rec) - dy(b.video)).abs()).mean() / wy.mean();
+    VaeLosses L;
+    L.total = l1 + o.edge_weight * edge + 1e-3 * mu.pow(2).mean();
+    L.mse = d.detach().pow(2).mean().item<double>();
+    L.l1 = l1.item<double>();
+    L.edge = edge.item<double>();
+    return L;
+}
+
+double psnr_from_mse(double mse) {
+    // pixels in [-1, 1]: peak-to-peak 2
+    return 10.0 * std::log10(4.0 / std::max(mse, 1e-12));
+}
+
+// Per-channel mean/std of mu over training clips: the DiT then sees ~unit-variance latents.
+void latent_stats(const TensorMap& params,
+                  const WanVaeConfig& cfg,
+                  uint64_t seed,
+                  std::vector<float>* mean,
+                  std::vector<float>* stdv) {
+    torch::NoGradGuard ng;
+    TrainVae vae(params, cfg);
+    auto prompts = train_prompts();
+    std::mt19937_64 rng(mix_seed(seed, 9, 0));
+    std::vector<at::Tensor> mus;
+    for (int i = 0; i < 8; ++i)
+        mus.push_back(vae.encode(vae_batch(prompts, 8, 9, rng).video));  // [8, z, 3, 8, 8]
+    at::Tensor mu = at::cat(mus, 0).transpose(0, 1).reshape({cfg.z_dim, -1});
+    at::Tensor m = mu.mean(1), s = mu.std(1).clamp_min(1e-3);
+    mean->assign(m.data_ptr<float>(), m.data_ptr<float>() + cfg.z_dim);
+    stdv->assign(s.data_ptr<float>(), s.data_ptr<float>() + cfg.z_dim);
+}
+
+// Exported VAE: the trained tensors (decoder and encoder) plus the latent statistics as scale.mean / scale.inv_std
+// (WanVae and detect_wan_vae_config read them).
+WanVaeConfig export_vae(const Options& o, const TensorMap& params, const WanVaeConfig& train_cfg) {
+    WanVaeConfig cfg = train_cfg;
+    latent_stats(params, train_cfg, o.seed, &cfg.mean, &cfg.std_);
+    TensorMap w = detached(params);
+    w["scale.mean"] = at::tensor(cfg.mean);
+    at::Tensor s = at::tensor(cfg.std_);
+    w["scale.inv_std"] = s.reciprocal();
+    make_dirs(o.out);
+    save_safetensors(o.out + "/vae.safetensors", w, {{"format", "pt"}, {"model", "tinyworld wan-vae"}});
+    json meta = cfg;
+    write_text_atomic(o.state + "/vae_export.json", meta.dump(2));
+    return cfg;
+}
+
+// Reconstruction check on held-out clips (eval prompts, seeds never used in training): PSNR and the evaluator's
+// adherence on the reconstructed videos next to the ground truth's.
+json eval_vae_recon(const Options& o, const TensorMap& params, const WanVaeConfig& cfg, int n_prompts) {
+    torch::NoGradGuard ng;
+    WanVae vae(params, cfg, c10::kCPU, at::kFloat, true);
+    auto prompts = tinyworld_suite("eval");
+    if (n_prompts > 0 && size_t(n_prompts) < prompts.size())
+        prompts.resize(size_t(n_prompts));
+    std::vector<EvalReport> rec_reports, gt_reports;
+    double se = 0, se_obj = 0, n_obj = 0;
+    int64_t n = 0;
+    const int t = 33;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        at::Tensor v, m;
+        render_clip(parse_prompt(prompts[i]), 1000003 + i, 0, t, &v, &m);
+        at::Tensor rec = vae.decode(vae.encode(v.unsqueeze(0)))[0];  // [3, T, H, W]
+        at::Tensor d2 = (rec.clamp(-1, 1) - v).pow(2);
+        se += d2.sum().item<double>();
+        n += d2.numel();
+        se_obj += (d2 * m).sum().item<double>();
+        n_obj += m.sum().item<double>() * 3;
+        rec_reports.push_back(evaluate_frames(to_frames(rec), 64, 64, prompts[i]));
+        gt_reports.push_back(evaluate_frames(to_frames(v), 64, 64, prompts[i]));
+    }
+    json j;
+    j["clips"] = prompts.size();
+    j["frames_per_clip"] = t;
+    j["psnr_db"] = psnr_from_mse(se / double(n));
+    j["psnr_object_pixels_db"] = psnr_from_mse(se_obj / std::max(1.0, n_obj));
+    j["adherence_reconstructed"] = summarize_reports(rec_reports).to_json();
+    j["adherence_ground_truth"] = summarize_reports(gt_reports).to_json();
+    return j;
+}
+
+void stage_vae(const Options& o, double minutes) {
+    const WanVaeConfig cfg = vae_config(o);
+    TensorMap params = make_trainable(wan_vae_random_weights(cfg, true, o.seed));
+    torch::optim::AdamW opt(param_list(params), torch::optim::AdamWOptions(o.vae_lr).weight_decay(0.0));
+    Checkpoint ck{o.state, "vae"};
+    int64_t step = 0;
+    double trained_s = 0;
+    if (o.resume && ck.exists()) {
+        json m = ck.load(params, &opt);
+        step = m.value("step", int64_t(0));
+        trained_s = m.value("trained_s", 0.0);
+        std::printf("vae: resumed at step %lld (%.1f min trained)\n", (long long)step, trained_s / 60);
+    }
+    std::printf("vae: %lld parameters, dim %d, res blocks %d, batch %d x %d frames\n", (long long)count_params(params),
+                cfg.dim, cfg.num_res_blocks, o.vae_batch, o.vae_frames);
+    auto prompts = train_prompts();
+    const double t0 = now_s();
+    double last_ck = t0, ema_mse = -1;
+    auto save = [&]() {
+        json m = {{"step", step},
+                  {"trained_s", trained_s},
+                  {"seed", o.seed},
+                  {"config", cfg},
+                  {"train_psnr_ema", psnr_from_mse(ema_mse)}};
+        ck.save(params, opt, m);
+        export_vae(o, params, cfg);
+    };
+    while (now_s() - t0 < minutes * 60 && (o.max_steps <= 0 || step < o.max_steps)) {
+        const double ts = now_s();
+        std::mt19937_64 rng(mix_seed(o.seed, 1, uint64_t(step)));
+        at::Generator gen = make_gen(mix_seed(o.seed, 2, uint64_t(step)));
+        VaeBatch b = vae_batch(prompts, o.vae_batch, o.vae_frames, rng);
+        TrainVae vae(params, cfg);
+        at::Tensor mu = vae.encode(b.video);  // [B, z, 1 + (T-1)/4, 8, 8]
+        // Small latent noise: the decoder must tolerate the DiT's imperfect latents.
+        at::Tensor z = mu + o.latent_noise * at::randn(mu.sizes(), gen, mu.options());
+        at::Tensor rec = vae.decode(z);  // [B, 3, T, 64, 64]
+        const double t_fwd = now_s();
+        VaeLosses L = vae_loss(rec, b, o, mu);
+        set_lr(opt, lr_at(o.vae_lr, step));
+        opt.zero_grad();
+        L.total.backward();
+        const double t_bwd = now_s();
+        clip_grad(params, 1.0);
+        opt.step();
+        if (step < 3)
+            std::printf("vae step timing: data+forward %.2f s, loss+backward %.2f s, optimizer %.2f s\n", t_fwd - ts,
+                        t_bwd - t_fwd, now_s() - t_bwd);
+        ++step;
+        trained_s += now_s() - ts;
+        ema_mse = ema_mse < 0 ? L.mse : 0.98 * ema_mse + 0.02 * L.mse;
+        if (step % 25 == 0 || step == 1)
+            std::printf("vae step %lld  loss %.4f  l1 %.4f  edge %.4f  psnr(ema) %.2f dB  %.2f s/step\n",
+                        (long long)step, L.total.item<double>(), L.l1, L.edge, psnr_from_mse(ema_mse), now_s() - ts);
+        std::fflush(stdout);
+        if (now_s() - last_ck > o.ckpt_minutes * 60) {
+            save();
+            last_ck = now_s();
+        }
+    }
+    save();
+    json r = eval_vae_recon(o, params, cfg, o.eval_prompts);
+    r["step"] = step;
+    r["trained_min"] = trained_s / 60;
+    write_text_atomic(o.state + "/vae_eval.json", r.dump(2));
+    std::printf("vae eval: %s\n", r.dump().c_str());
+}
+
+// ---------------------------------------------------------------- text encoder + DiT
+
+struct LatentSet {
+    at::Tensor lat;                  // [N, F, C, h, w] normalized latents, pipeline layout
+    std::vector<int64_t> prompt_of;  // clip -> index into prompts
+};
+
+// Latents of `clips_per_prompt` clips per training prompt, 1 + 4 (F - 1) frames each, encoded once by the
+// exported VAE (normalized with its statistics) and cached under the state folder.
+LatentSet build_latents(const Options& o, const std::vector<std::string>& prompts) {
+    const int64_t f = int64_t(o.chunks) * kChunk;
+    const std::string path = o.state + "/cache/dit_latents.safetensors";
+    LatentSet s;
+    if (file_exists(path)) {
+        TensorMap m = load_safetensors(path);
+        if (m.count("latents") && m["latents"].size(1) == f &&
+            m["latents"].size(0) == int64_t(prompts.size()) * o.clips_per_prompt) {
+            s.lat = m["latents"].clone();
+            at::Tensor p = m["prompt"];
+            for (int64_t i = 0; i < p.size(0); ++i)
+                s.prompt_of.push_back(p[i].item<int64_t>());
+            std::printf("dit: %lld cached latent clips from %s\n", (long long)s.lat.size(0), path.c_str());
+            return s;
+        }
+    }
+    torch::NoGradGuard ng;
+    // The training twin (whole clip, conv2d-folded) is several times faster than the engine's streaming encode on
+    // CPU and computes the same mu; normalized here with the exported statistics.
+    TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
+    const WanVaeConfig vcfg = detect_wan_vae_config(vw);
+    TrainVae tvae(vw, vcfg);
+    const at::Tensor vmean = vw.at("scale.mean").view({1, -1, 1, 1, 1}),
+                     vinv = vw.at("scale.inv_std").view({1, -1, 1, 1, 1});
+    auto encode = [&](const at::Tensor& v) { return (tvae.encode(v) - vmean) * vinv; };
+    const int t = int(1 + 4 * (f - 1));
+    std::vector<at::Tensor> all;
+    std::vector<at::Tensor> vs;
+    std::vector<int64_t> pidx;
+    const double t0 = now_s();
+    for (size_t p = 0; p < prompts.size(); ++p) {
+        SceneSpec sc = parse_prompt(prompts[p]);
+        for (int c = 0; c < o.clips_per_prompt; ++c) {
+            std::mt19937_64 rng(mix_seed(o.seed, 5, p * 1000 + uint64_t(c)));
+            at::Tensor v;
+            render_clip(sc, rng(), int64_t(rng() % 4096), t, &v, nullptr);
+            vs.push_back(v);
+            pidx.push_back(int64_t(p));
+            if (vs.size() == 8) {
+                all.push_back(encode(at::stack(vs)).permute({0, 2, 1, 3, 4}).contiguous());
+                vs.clear();
+            }
+        }
+        if (p % 50 == 0)
+            std::printf("dit: encoding latents, prompt %zu/%zu (%.0f s)\n", p, prompts.size(), now_s() - t0);
+        std::fflush(stdout);
+    }
+    if (!vs.empty())
+        all.push_back(encode(at::stack(vs)).permute({0, 2, 1, 3, 4}).contiguous());
+    s.lat = at::cat(all, 0);
+    s.prompt_of = pidx;
+    make_dirs(o.state + "/cache");
+    save_safetensors(path, {{"latents", s.lat}, {"prompt", at::tensor(pidx)}});
+    std::printf("dit: encoded %lld clips of %d frames in %.0f s; latent std %.3f\n", (long long)s.lat.size(0), t,
+                now_s() - t0, s.lat.std().item<double>());
+    return s;
+}
+
+// Prompt tokens -> [B, text_len, dim] context exactly as the engine builds it: each prompt's real tokens through
+// the encoder (padded keys masked, so equal to encoding them alone), padding rows zero.
+at::Tensor encode_text(const UMT5Encoder& enc, const std::vector<TokenBatch>& toks, int64_t text_len) {
+    int64_t lmax = 1;
+    for (const auto& t : toks)
+        lmax = std::max(lmax, t.length);
+    std::vector<at::Tensor> ids, masks;
+    for (const auto& t : toks) {
+        ids.push_back(t.ids.narrow(1, 0, lmax));
+        masks.push_back(t.mask.narrow(1, 0, lmax));
+    }
+    at::Tensor id = at::cat(ids, 0), mask = at::cat(masks, 0);
+    at::Tensor h = UMT5Encoder::zero_padding(enc.encode(id, mask), mask);  // [B, lmax, dim]
+    return at::constant_pad_nd(h, {0, 0, 0, text_len - lmax});
+}
+
+void write_manifest(const Options& o) {
+    json man;
+    man["name"] = "tinyworld";
+    man["description"] =
+        "reel's embedded default model: tiny causal Wan DiT + Wan VAE + umT5 trained by tools/train_tinyworld on "
+        "the procedural tinyworld (docs/tinyworld.md, docs/training.md). 64x64 at 16 fps.";
+    Tokenizer tok = Tokenizer::load(o.out + "/tokenizer.model");
+    man["dit"] = {{"file", "dit.safetensors"}, {"config", dit_config(o).to_json()}};
+    json vc = vae_config(o);
+    if (file_exists(o.state + "/vae_export.json"))
+        vc = read_json(o.state + "/vae_export.json");
+    man["vae"] = {{"file", "vae.safetensors"}, {"config", vc}};
+    man["text_encoder"] = {{"file", "text_encoder.safetensors"}, {"config", text_config(o, tok.vocab_size())}};
+    man["tokenizer"] = {{"file", "tokenizer.model"}};
+    man["video"] = {{"width", 64}, {"height", 64}, {"fps", 16}};
+    man["recommended"] = {{"cache", "window:sink=0,recent=" + std::to_string(o.chunks * kChunk)},
+                          {"steps", {1000, 750, 500, 250}},
+                          {"shift", 5.0}};
+    write_text_atomic(o.out + "/reel.json", man.dump(2) + "\n");
+}
+
+void export_dit(const Options& o, const TensorMap& dit, const TensorMap& text, int64_t step) {
+    make_dirs(o.out);
+    save_safetensors(o.out + "/dit.safetensors", detached(dit),
+                     {{"format", "pt"}, {"model", "tinyworld causal wan dit"}, {"step", std::to_string(step)}});
+    save_safetensors(o.out + "/text_encoder.safetensors", detached(text),
+                     {{"format", "pt"}, {"model", "tinyworld umt5"}, {"step", std::to_string(step)}});
+    write_manifest(o);
+}
+
+void stage_dit(const Options& o, double minutes) {
+    const WanDitConfig dcfg = dit_config(o);
+    Tokenizer tok = Tokenizer::load(o.out + "/tokenizer.model");
+    const UMT5Config tcfg = text_config(o, tok.vocab_size());
+    const std::vector<std::string> prompts = train_prompts();
+    std::vector<TokenBatch> toks;
+    for (const auto& p : prompts)
+        toks.push_back(tok.tokenize(p, o.text_len));
+    LatentSet data = build_latents(o, prompts);
+
+    TensorMap dit = make_trainable(random_wan_dit_weights(dcfg, o.seed + 100));
+    TensorMap text = make_trainable(umt5_init(tcfg, o.seed + 200));
+    {
+        // Start from a zero output so the first steps are not dominated by a random flow prediction.
+        torch::NoGradGuard ng;
+        dit["head.head.weight"].mul_(0.0);
+        dit["head.head.bias"].mul_(0.0);
+    }
+    std::vector<torch::Tensor> ps = param_list(dit);
+    for (auto& t : param_list(text))
+        ps.push_back(t);
+    torch::optim::AdamW opt(ps, torch::optim::AdamWOptions(o.dit_lr).weight_decay(0.01));
+    Checkpoint ck{o.state, "dit"};
+    int64_t step = 0;
+    double trained_s = 0;
+    // Both maps in one checkpoint file, prefixed.
+    TensorMap joint;
+    for (auto& kv : dit)
+        joint["dit." + kv.first] = kv.second;
+    for (auto& kv : text)
+        joint["text." + kv.first] = kv.second;
+    if (o.resume && ck.exists()) {
+        json m = ck.load(joint, &opt);
+        step = m.value("step", int64_t(0));
+        trained_s = m.value("trained_s", 0.0);
+        std::printf("dit: resumed at step %lld (%.1f min trained)\n", (long long)step, trained_s / 60);
+    }
+    std::printf("dit: %lld + text %lld parameters; %d chunks of %d latent frames, batch %d\n",
+                (long long)count_params(dit), (long long)count_params(text), o.chunks, kChunk, o.dit_batch);
+
+    FlowMatchScheduler sched(5.0);
+    const std::vector<float> warped = sched.warp_steps({1000, 750, 500, 250});
+    const std::vector<float>& table = sched.timesteps();
+    const int64_t n_clips = data.lat.size(0);
+    const double t0 = now_s();
+    double last_ck = t0, ema = -1;
+    auto save = [&]() {
+        json m = {{"step", step},    {"trained_s", trained_s},       {"seed", o.seed},
+                  {"loss_ema", ema}, {"dit_config", dcfg.to_json()}, {"text_config", tcfg}};
+        ck.save(joint, opt, m);
+        export_dit(o, dit, text, step);
+    };
+    while (now_s() - t0 < minutes * 60 && (o.max_steps <= 0 || step < o.max_steps)) {
+        const double ts = now_s();
+        std::mt19937_64 rng(mix_seed(o.seed, 3, uint64_t(step)));
+        at::Generator gen = make_gen(mix_seed(o.seed, 4, uint64_t(step)));
+        const int64_t B = o.dit_batch;
+        std::vector<at::Tensor> xs;
+        std::vector<TokenBatch> bt;
+        for (int64_t b = 0; b < B; ++b) {
+            int64_t c = int64_t(rng() % uint64_t(n_clips));
+            xs.push_back(data.lat[c]);
+            bt.push_back(toks[size_t(data.prompt_of[size_t(c)])]);
+        }
+        at::Tensor x0 = at::stack(xs);  // [B, F, C, h, w]
+        UMT5Encoder enc(text, tcfg, c10::kCPU, at::kFloat);
+        WanDit model(dcfg, dit, c10::kCPU, at::kFloat);
+        model.set_context(encode_text(enc, bt, o.text_len));
+        GraphKVCache cache(int(dcfg.num_layers));
+        at::Tensor loss = at::zeros({}, at::kFloat);
+        std::uniform_real_distribution<double> u01(0, 1);
+        for (int k = 0; k < o.chunks; ++k) {
+            at::Tensor xk = x0.narrow(1, k * kChunk, kChunk);  // [B, 3, C, h, w]
+            std::vector<float> tv(static_cast<size_t>(B) + 0);
+            for (auto& t : tv)
+                t = u01(rng) < o.warped_share ? warped[rng() % warped.size()] : table[rng() % table.size()];
+            at::Tensor t = at::tensor(tv).view({B, 1}).expand({B, kChunk}).contiguous();  // [B, 3]
+            at::Tensor sigma = (t.select(1, 0) / 1000.0f).view({B, 1, 1, 1, 1});
+            at::Tensor noise = at::randn(xk.sizes(), gen, xk.options());
+            at::Tensor xt = (1 - sigma) * xk + sigma * noise;
+            at::Tensor flow = model.forward(xt, t, k * kChunk, cache);  // [B, 3, C, h, w]
+            loss = loss + (flow - (noise - xk)).pow(2).mean();
+            if (k + 1 < o.chunks) {
+                // Context pass (what inference's cache pass writes): the clean chunk at t=0, or lightly noised.
+                at::Tensor xc = xk;
+                at::Tensor tc = at::zeros({B, kChunk});
+                if (o.context_noise > 0) {
+                    const float sc = sched.sigma_at(float(o.context_noise));
+                    xc = (1 - sc) * xk + sc * at::randn(xk.sizes(), gen, xk.options());
+                    tc.fill_(o.context_noise);
+                }
+                model.forward(xc, tc, k * kChunk, cache);
+            }
+        }
+        loss = loss / double(o.chunks);
+        set_lr(opt, lr_at(o.dit_lr, step));
+        opt.zero_grad();
+        loss.backward();
+        clip_grad(joint, 1.0);
+        opt.step();
+        ++step;
+        trained_s += now_s() - ts;
+        const double lv = loss.item<double>();
+        ema = ema < 0 ? lv : 0.98 * ema + 0.02 * lv;
+        if (step % 25 == 0 || step == 1)
+            std::printf("dit step %lld  loss %.4f  (ema %.4f)  %.2f s/step\n", (long long)step, lv, ema, now_s() - ts);
+        std::fflush(stdout);
+        if (now_s() - last_ck > o.ckpt_minutes * 60) {
+            save();
+            last_ck = now_s();
+        }
+    }
+    save();
+}
+
+// ---------------------------------------------------------------- evaluation through the engine's inference path
+
+json stage_eval(const Options& o) {
+    torch::NoGradGuard ng;
+    json man = read_json(o.out + "/reel.json");
+    const WanDitConfig dcfg = WanDitConfig::from_json(man["dit"]["config"]);
+    TensorMap dw = load_safetensors(o.out + "/dit.safetensors");
+    WanDit dit(dcfg, dw, c10::kCPU, at::kFloat);
+    TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
+    WanVae vae(vw, man["vae"]["config"].get<WanVaeConfig>(), c10::kCPU, at::kFloat, false);
+    TensorMap tw = load_safetensors(o.out + "/text_encoder.safetensors");
+    UMT5Encoder enc(tw, man["text_encoder"]["config"].get<UMT5Config>(), c10::kCPU, at::kFloat);
+    Tokenizer tok = Tokenizer::load(o.out + "/tokenizer.model");
+
+    auto prompts = tinyworld_suite("eval");
+    if (o.eval_prompts > 0 && size_t(o.eval_prompts) < prompts.size()) {
+        // An even spread over the list (held-out prompts come first in eval.txt).
+        std::vector<std::string> sub;
+        for (int i = 0; i < o.eval_prompts; ++i)
+            sub.push_back(prompts[size_t(i) * prompts.size() / size_t(o.eval_prompts)]);
+        prompts = sub;
+    }
+    int64_t chunks = 1;
+    while (1 + 4 * (chunks * kChunk - 1) < o.eval_frames)
+        ++chunks;
+    std::vector<EvalReport> reports;
+    const double t0 = now_s();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        std::unique_ptr<KVCache> cache = o.eval_cache == "full"
+                                             ? make_full_cache(int(dcfg.num_layers))
+                                             : make_window_cache(int(dcfg.num_layers), 0, o.chunks * kChunk);
+        RolloutConfig rc;
+        rc.chunk_frames = kChunk;
+        rc.latent_h = 8;
+        rc.latent_w = 8;
+        rc.channels = dcfg.in_dim;
+        rc.seed = o.eval_seed + i;
+        CausalRollout roll(dit, *cache, rc);
+        std::vector<TokenBatch> tb{tok.tokenize(prompts[i], int(dcfg.text_len))};
+        roll.set_context(encode_text(enc, tb, dcfg.text_len));
+        WanVaeDecodeStream dec(vae);
+        std::vector<std::vector<uint8_t>> frames;
+        for (int64_t c = 0; c < chunks; ++c) {
+            at::Tensor lat = roll.next_chunk();                          // [1, 3, C, 8, 8]
+            at::Tensor rgb = dec.push(lat.permute({0, 2, 1, 3, 4}))[0];  // [3, T, 64, 64]
+            for (auto& f : to_frames(rgb))
+                if (int(frames.size()) < o.eval_frames)
+                    frames.push_back(std::move(f));
+        }
+        EvalReport r = evaluate_frames(frames, 64, 64, prompts[i]);
+        std::printf("eval %2zu  overall %.3f  bg %.2f  colour %.2f  shape %.2f  dir %.2f  | %s\n", i, r.overall,
+                    r.background, r.color, r.shape, r.direction, prompts[i].c_str());
+        std::fflush(stdout);
+        reports.push_back(r);
+    }
+    json j = summarize_reports(reports).to_json();
+    j["frames"] = o.eval_frames;
+    j["prompts"] = prompts.size();
+    j["cache"] = o.eval_cache;
+    j["seconds"] = now_s() - t0;
+    std::printf("eval summary: %s\n", j.dump().c_str());
+    make_dirs(o.state);
+    write_text_atomic(o.state + "/eval_" + std::to_string(o.eval_frames) + ".json", j.dump(2));
+    return j;
+}
+
+// ---------------------------------------------------------------- check: autograd reaches the weight maps
+
+void stage_check(const Options& o) {
+    Options s = o;
+    auto report = [](const char* what, const TensorMap& m) {
+        int64_t with = 0, total = 0;
+        std::string missing;
+        for (const auto& kv : m) {
+            ++total;
+            if (kv.second.grad().defined() && kv.second.grad().abs().sum().item<double>() > 0)
+                ++with;
+            else if (missing.size() < 200)
+                missing += kv.first + " ";
+        }
+        std::printf("check %s: %lld / %lld tensors received a nonzero gradient %s%s\n", what, (long long)with,
+                    (long long)total, missing.empty() ? "" : "; none: ", missing.c_str());
+    };
+    {
+        WanVaeConfig cfg = vae_config(s);
+        TensorMap p = make_trainable(wan_vae_random_weights(cfg, true, 1));
+        at::Tensor x = at::rand({1, 3, 9, 64, 64}) * 2 - 1;
+        {
+            torch::NoGradGuard ng;
+            WanVae ref(p, cfg, c10::kCPU, at::kFloat, true);
+            TrainVae tv(p, cfg);
+            at::Tensor zr = ref.encode(x), zt = tv.encode(x);
+            at::Tensor dr = ref.decode(zr), dt = tv.decode(zr);
+            std::printf("check vae twin vs WanVae: encode max |diff| %.3g (of %.3g), decode %.3g (of %.3g)\n",
+                        (zr - zt).abs().max().item<double>(), zr.abs().max().item<double>(),
+                        (dr - dt).abs().max().item<double>(), dr.abs().max().item<double>());
+        }
+        TrainVae vae(p, cfg);
+        vae.decode(vae.encode(x)).pow(2).mean().backward();
+        report("vae", p);
+    }
+    {
+        WanDitConfig dc = dit_config(s);
+        UMT5Config tc = text_config(s, 40);
+        TensorMap d = make_trainable(random_wan_dit_weights(dc, 1));
+        TensorMap t = make_trainable(umt5_init(tc, 2));
+        UMT5Encoder enc(t, tc, c10::kCPU, at::kFloat);
+        WanDit dit(dc, d, c10::kCPU, at::kFloat);
+        at::Tensor ids = at::randint(3, 40, {2, 10}, at::kLong), mask = at::ones({2, 10}, at::kLong);
+        dit.set_context(at::constant_pad_nd(enc.encode(ids, mask), {0, 0, 0, s.text_len - 10}));
+        GraphKVCache cache(int(dc.num_layers));
+        at::Tensor x = at::randn({2, 3, 16, 8, 8});
+        dit.forward(x, at::zeros({2, 3}), 0, cache);  // context pass (output unused)
+        at::Tensor y = dit.forward(x, at::full({2, 3}, 500.0), 3, cache);
+        y.pow(2).mean().backward();
+        report("dit", d);
+        report("umt5", t);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options o;
+    CLI::App app{"Train reel's tinyworld model (tiny Wan VAE + umT5 + causal Wan DiT) on the procedural world"};
+    app.add_option("--out", o.out, "model folder to export (reel.json, *.safetensors, tokenizer.model)");
+    app.add_option("--state", o.state, "resumable training state (checkpoints, cached latents, eval json)");
+    app.add_option("--stage", o.stage, "all | tokenizer | vae | dit | eval | check")
+        ->check(CLI::IsMember({"all", "tokenizer", "vae", "dit", "eval", "check"}));
+    app.add_option("--minutes", o.minutes, "time budget of the stage (all: 30% VAE, 70% DiT)");
+    app.add_option("--ckpt-minutes", o.ckpt_minutes, "checkpoint and export period");
+    app.add_option("--max-steps", o.max_steps, "stop a training stage after this many steps in total (0: no limit)");
+    app.add_flag("--resume", o.resume, "continue from the checkpoint under --state");
+    app.add_option("--seed", o.seed, "seed of initialization, data and noise");
+    app.add_option("--threads", o.threads, "LibTorch intra-op threads");
+    app.add_option("--vae-dim", o.vae_dim);
+    app.add_option("--vae-mult", o.vae_mult, "VAE stage width multipliers (4 entries)");
+    app.add_option("--vae-res", o.vae_res, "residual blocks per VAE stage");
+    app.add_option("--vae-batch", o.vae_batch);
+    app.add_option("--vae-frames", o.vae_frames, "frames per VAE training clip (1 + 4k)");
+    app.add_option("--vae-lr", o.vae_lr);
+    app.add_option("--obj-weight", o.obj_weight, "loss weight of object pixels");
+    app.add_option("--edge-weight", o.edge_weight, "weight of the finite-difference (edge) L1 loss");
+    app.add_option("--latent-noise", o.latent_noise, "std of the noise added to latents before decoding");
+    app.add_option("--dit-dim", o.dit_dim);
+    app.add_option("--dit-layers", o.dit_layers);
+    app.add_option("--dit-heads", o.dit_heads);
+    app.add_option("--dit-ffn", o.dit_ffn);
+    app.add_option("--text-dim", o.text_dim);
+    app.add_option("--text-layers", o.text_layers);
+    app.add_option("--text-len", o.text_len);
+    app.add_option("--dit-batch", o.dit_batch);
+    app.add_option("--dit-lr", o.dit_lr);
+    app.add_option("--chunks", o.chunks, "chunks of 3 latent frames per training clip");
+    app.add_option("--clips-per-prompt", o.clips_per_prompt, "cached latent clips per training prompt");
+    app.add_option("--context-noise", o.context_noise, "timestep of the context (cache) pass in training");
+    app.add_option("--warped-share", o.warped_share, "share of timesteps drawn from the 4 inference steps");
+    app.add_option("--eval-frames", o.eval_frames);
+    app.add_option("--eval-prompts", o.eval_prompts, "eval prompts (spread over eval.txt; 0: all 48)");
+    app.add_option("--eval-cache", o.eval_cache, "window (recent = trained context) | full")
+        ->check(CLI::IsMember({"window", "full"}));
+    app.add_option("--eval-seed", o.eval_seed);
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        at::set_num_threads(o.threads);
+        at::manual_seed(o.seed);
+        make_dirs(o.state);
+        const double t0 = now_s();
+        if (o.stage == "check") {
+            stage_check(o);
+        } else if (o.stage == "tokenizer") {
+            stage_tokenizer(o);
+        } else if (o.stage == "vae") {
+            stage_vae(o, o.minutes);
+        } else if (o.stage == "dit") {
+            stage_dit(o, o.minutes);
+        } else if (o.stage == "eval") {
+            stage_eval(o);
+        } else {
+            stage_tokenizer(o);
+            double t = now_s();
+            stage_vae(o, o.minutes * 0.3);
+            std::printf("all: vae stage took %.1f min\n", (now_s() - t) / 60);
+            t = now_s();
+            stage_dit(o, o.minutes * 0.7);
+            std::printf("all: dit stage took %.1f min\n", (now_s() - t) / 60);
+            stage_eval(o);
+        }
+        std::printf("train_tinyworld: stage %s done in %.1f min\n", o.stage.c_str(), (now_s() - t0) / 60);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "train_tinyworld: error: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
