@@ -7,27 +7,20 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/golden_util.h"
 #include "weights/checkpoint.h"
 #include "weights/safetensors.h"
 #include "weights/torch_pickle.h"
 
 using namespace reel;
+using reel::test::error_of;
 namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kGolden = std::string(REEL_TEST_DATA) + "/golden/";
-const std::string kPickle = kGolden + "pickle/";
+const std::string kGolden = test::golden_path("");
+const std::string kPickle = test::golden_path("pickle/");
 const std::string kData = std::string(REEL_TEST_DATA) + "/weights/";
-
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const std::runtime_error& e) {
-        return e.what();
-    }
-    return "<no error>";
-}
 
 std::string tmp_path(const std::string& name) {
     return (fs::temp_directory_path() / ("reel_test_ckpt_" + std::to_string(getpid()) + "_" + name)).string();
@@ -67,8 +60,7 @@ TEST(Checkpoint, DetectsFormatByMagic) {
 }
 
 TEST(Checkpoint, SelfForcingEmaAndGenerator) {
-    std::ifstream in(kPickle + "manifest.json");
-    auto ref = nlohmann::json::parse(in)["files"]["selfforcing_style.pt"];
+    auto ref = test::read_golden_json("pickle/manifest.json")["files"]["selfforcing_style.pt"];
     for (bool ema : {true, false}) {
         SCOPED_TRACE(ema ? "ema" : "generator");
         std::string group;

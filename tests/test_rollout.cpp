@@ -4,48 +4,32 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <fstream>
 
 #include "cache/kv_cache.h"
 #include "diffusion/rollout.h"
 #include "diffusion/wan_dit.h"
+#include "tests/golden_util.h"
 #include "weights/safetensors.h"
 
 using namespace reel;
 
 namespace {
 
-std::string golden_path(const std::string& name) {
-    return std::string(REEL_TEST_DATA) + "/golden/" + name;
-}
-
-nlohmann::json read_json(const std::string& name) {
-    std::ifstream f(golden_path(name));
-    return nlohmann::json::parse(f);
-}
-
 const TensorMap& weights() {
-    static TensorMap t = load_safetensors(golden_path("dit_weights.safetensors"));
+    static TensorMap t = test::load_golden("dit_weights.safetensors");
     return t;
 }
 
 WanDitConfig toy_config() {
-    return WanDitConfig::from_json(read_json("dit_weights.json").at("config"));
+    return WanDitConfig::from_json(test::read_golden_json("dit_weights.json").at("config"));
 }
 
-// |got - ref| <= 1e-4 + 1e-4 |ref|; returns max abs, records the max relative error.
-double check(const at::Tensor& got, const at::Tensor& ref, const std::string& what, double* max_rel = nullptr) {
-    EXPECT_EQ(got.sizes(), ref.sizes()) << what;
-    if (got.sizes() != ref.sizes())
-        return 1e30;
-    at::Tensor g = got.to(at::kCPU, at::kDouble), r = ref.to(at::kDouble);
-    at::Tensor d = (g - r).abs();
-    // Relative to max(|ref|, 0.01): on near-zero references only the absolute error means anything.
-    double ma = d.max().item<double>(), mr = (d / r.abs().clamp_min(1e-2)).max().item<double>();
-    EXPECT_TRUE((d <= 1e-4 + 1e-4 * r.abs()).all().item<bool>()) << what << ": max abs " << ma << ", max rel " << mr;
-    if (max_rel)
-        *max_rel = std::max(*max_rel, mr);
-    return ma;
+// test::check_close without printing (a rollout compares ~60 tensors): returns the max abs error and
+// folds the max relative error into *max_rel.
+double check(const at::Tensor& got, const at::Tensor& ref, const std::string& what, double* max_rel) {
+    test::CloseResult r = test::check_close(got, ref, what);
+    *max_rel = std::max(*max_rel, r.max_rel);
+    return r.max_abs;
 }
 
 std::string two(int i) {
@@ -68,8 +52,8 @@ struct Case {
 };
 
 void run_golden_case(const Case& cs) {
-    TensorMap g = load_safetensors(golden_path("dit_rollout_" + cs.name + ".safetensors"));
-    nlohmann::json meta = read_json("dit_rollout_" + cs.name + ".json");
+    TensorMap g = test::load_golden("dit_rollout_" + cs.name + ".safetensors");
+    nlohmann::json meta = test::read_golden_json("dit_rollout_" + cs.name + ".json");
     WanDit dit(toy_config(), weights(), at::kCPU, at::kFloat);
     auto cache = cs.window > 0 ? make_window_cache(2, cs.sink, cs.window) : make_full_cache(2);
     CausalRollout ro(dit, *cache, toy_rollout(0));
@@ -136,7 +120,7 @@ TEST(Rollout, GoldenLocal5Sink0) {
 }
 
 TEST(Rollout, SeedMakesRunsReproducible) {
-    TensorMap g = load_safetensors(golden_path("dit_rollout_global.safetensors"));
+    TensorMap g = test::load_golden("dit_rollout_global.safetensors");
     WanDit dit(toy_config(), weights(), at::kCPU, at::kFloat);
     auto run = [&](uint64_t seed) {
         auto cache = make_full_cache(2);
@@ -170,7 +154,7 @@ TEST(Rollout, SeedMakesRunsReproducible) {
 // The dtype comes from the caller: the same rollout in float64 lands within the README's 2.1e-6 of the fp32
 // golden latents, and bfloat16 runs end to end (loose bound: bf16 rounds every activation).
 TEST(Rollout, OtherDtypes) {
-    TensorMap g = load_safetensors(golden_path("dit_rollout_global.safetensors"));
+    TensorMap g = test::load_golden("dit_rollout_global.safetensors");
     for (at::ScalarType dt : {at::kDouble, at::kBFloat16}) {
         WanDit dit(toy_config(), weights(), at::kCPU, dt);
         auto cache = make_full_cache(2);

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "diffusion/scheduler.h"
+#include "tests/golden_util.h"
 #include "weights/safetensors.h"
 
 using namespace reel;
@@ -12,21 +13,8 @@ using namespace reel;
 namespace {
 
 const TensorMap& golden() {
-    static TensorMap t = load_safetensors(std::string(REEL_TEST_DATA) + "/golden/scheduler.safetensors");
+    static TensorMap t = test::load_golden("scheduler.safetensors");
     return t;
-}
-
-// |got - ref| <= 1e-4 + 1e-4 |ref|, printing the max errors seen.
-void expect_close(const at::Tensor& got, const at::Tensor& ref, const std::string& what, double tol = 1e-4) {
-    ASSERT_EQ(got.sizes(), ref.sizes()) << what;
-    at::Tensor g = got.to(at::kCPU, at::kDouble), r = ref.to(at::kDouble);
-    at::Tensor d = (g - r).abs();
-    double max_abs = d.max().item<double>();
-    // Relative to max(|ref|, 0.01): on near-zero references only the absolute error means anything.
-    double max_rel = (d / r.abs().clamp_min(1e-2)).max().item<double>();
-    bool ok = (d <= tol + tol * r.abs()).all().item<bool>();
-    std::printf("  %-28s max abs %.3g  max rel %.3g\n", what.c_str(), max_abs, max_rel);
-    EXPECT_TRUE(ok) << what << ": max abs " << max_abs << ", max rel " << max_rel;
 }
 
 }  // namespace
@@ -38,8 +26,8 @@ TEST(Scheduler, SigmaAndTimestepTablesAreBitExact) {
         at::Tensor sig = golden().at(p + "sigmas"), ts = golden().at(p + "timesteps");
         EXPECT_TRUE(at::equal(s.sigmas_tensor(), sig)) << p << "sigmas differ";
         EXPECT_TRUE(at::equal(s.timesteps_tensor(), ts)) << p << "timesteps differ";
-        expect_close(s.sigmas_tensor(), golden().at(p + "sigmas_f64"), p + "sigmas vs f64", 1e-6);
-        expect_close(s.timesteps_tensor(), golden().at(p + "timesteps_f64"), p + "timesteps vs f64", 1e-4);
+        test::expect_close(s.sigmas_tensor(), golden().at(p + "sigmas_f64"), p + "sigmas vs f64", 1e-6, 1e-6);
+        test::expect_close(s.timesteps_tensor(), golden().at(p + "timesteps_f64"), p + "timesteps vs f64", 1e-4, 1e-4);
     }
     FlowMatchScheduler s(5.0);
     EXPECT_EQ(s.sigmas()[0], 1.0f);
@@ -79,13 +67,13 @@ TEST(Scheduler, FlowToX0AndAddNoise) {
     const TensorMap& g = golden();
     // Rows are [N, C, H, W] with one timestep per row.
     at::Tensor x0 = s.flow_to_x0(g.at("conv.flow_pred"), g.at("conv.xt"), g.at("conv.timestep"));
-    expect_close(x0, g.at("conv.x0_pred"), "conv.x0_pred");
+    test::expect_close(x0, g.at("conv.x0_pred"), "conv.x0_pred");
     EXPECT_TRUE(at::equal(x0, g.at("conv.x0_pred"))) << "flow_to_x0 not bit-exact";
     at::Tensor xn = s.add_noise(g.at("conv.x0_pred"), g.at("conv.noise"), g.at("conv.t_next"));
-    expect_close(xn, g.at("conv.add_noise_out"), "conv.add_noise_out");
+    test::expect_close(xn, g.at("conv.add_noise_out"), "conv.add_noise_out");
     EXPECT_TRUE(at::equal(xn, g.at("conv.add_noise_out"))) << "add_noise not bit-exact";
     at::Tensor fl = s.x0_to_flow(g.at("conv.x0_pred"), g.at("conv.xt"), g.at("conv.timestep"));
-    expect_close(fl, g.at("conv.flow_from_x0"), "conv.flow_from_x0");
+    test::expect_close(fl, g.at("conv.flow_from_x0"), "conv.flow_from_x0");
     // [B, F, ...] layout with t [B, F] gives the same numbers.
     at::Tensor x0b = s.flow_to_x0(g.at("conv.flow_pred").unsqueeze(0), g.at("conv.xt").unsqueeze(0),
                                   g.at("conv.timestep").unsqueeze(0));

@@ -9,21 +9,21 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/golden_util.h"
 #include "weights/safetensors.h"
 #include "weights/torch_pickle.h"
 
 using namespace reel;
+using reel::test::error_of;
 namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kGolden = std::string(REEL_TEST_DATA) + "/golden/pickle/";
+const std::string kPickle = test::golden_path("pickle/");
 const std::string kData = std::string(REEL_TEST_DATA) + "/weights/";
 
 nlohmann::json manifest() {
-    std::ifstream in(kGolden + "manifest.json");
-    EXPECT_TRUE(in.good());
-    return nlohmann::json::parse(in);
+    return test::read_golden_json("pickle/manifest.json");
 }
 
 at::ScalarType dtype_of(const std::string& name) {
@@ -60,15 +60,6 @@ void expect_matches(const std::string& name, const at::Tensor& t, const nlohmann
         EXPECT_NEAR(d[(int64_t)i].item<double>(), first[i], 1e-6 * (1 + std::fabs(first[i]))) << "element " << i;
 }
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const std::runtime_error& e) {
-        return e.what();
-    }
-    return "<no error>";
-}
-
 }  // namespace
 
 TEST(TorchPickle, GoldenFilesMatchManifest) {
@@ -80,7 +71,7 @@ TEST(TorchPickle, GoldenFilesMatchManifest) {
         if (!it.value().contains("tensors"))
             continue;  // malicious / truncated / nested: tested below
         SCOPED_TRACE(file);
-        TensorMap got = load_torch_checkpoint(kGolden + file);
+        TensorMap got = load_torch_checkpoint(kPickle + file);
         const auto& want = it.value()["tensors"];
         EXPECT_EQ(got.size(), want.size());
         for (auto t = want.begin(); t != want.end(); ++t) {
@@ -98,7 +89,7 @@ TEST(TorchPickle, SelfForcingStyleNestedNames) {
     auto m = manifest();
     const auto& ref = m["files"]["selfforcing_style.pt"];
     std::vector<std::string> skipped;
-    TensorMap got = load_torch_checkpoint(kGolden + "selfforcing_style.pt", "", &skipped);
+    TensorMap got = load_torch_checkpoint(kPickle + "selfforcing_style.pt", "", &skipped);
     double max_rel = 0;
     for (const char* group : {"generator", "generator_ema"}) {
         for (auto t = ref[group].begin(); t != ref[group].end(); ++t) {
@@ -113,18 +104,18 @@ TEST(TorchPickle, SelfForcingStyleNestedNames) {
     EXPECT_GT(critic, 0);
 
     // Only one group: names lose the prefix, and the other groups' storages are not touched.
-    TensorMap ema = load_torch_checkpoint(kGolden + "selfforcing_style.pt", "generator_ema");
+    TensorMap ema = load_torch_checkpoint(kPickle + "selfforcing_style.pt", "generator_ema");
     EXPECT_EQ(ema.size(), ref["generator_ema"].size());
     for (auto t = ref["generator_ema"].begin(); t != ref["generator_ema"].end(); ++t)
         ASSERT_TRUE(ema.count(t.key())) << t.key();
     EXPECT_NE(error_of([] {
-                  load_torch_checkpoint(kGolden + "selfforcing_style.pt", "optimizer");
+                  load_torch_checkpoint(kPickle + "selfforcing_style.pt", "optimizer");
               }).find("no top-level entry 'optimizer'"),
               std::string::npos);
 }
 
 TEST(TorchPickle, SharedStorageViewsShareOneStorage) {
-    TensorMap t = load_torch_checkpoint(kGolden + "shared_storage_views.pt");
+    TensorMap t = load_torch_checkpoint(kPickle + "shared_storage_views.pt");
     at::Tensor base = t.at("base");
     EXPECT_TRUE(at::equal(base, at::arange(24, at::kFloat).view({4, 6})));
     // Read once: every view aliases the same memory.
@@ -139,13 +130,13 @@ TEST(TorchPickle, SharedStorageViewsShareOneStorage) {
 TEST(TorchPickle, MaliciousGlobalIsRefusedAndNothingRuns) {
     const fs::path marker = fs::current_path() / "reel_pickle_was_executed";
     fs::remove(marker);
-    std::string err = error_of([] { load_torch_checkpoint(kGolden + "malicious.pt"); });
+    std::string err = error_of([] { load_torch_checkpoint(kPickle + "malicious.pt"); });
     std::printf("malicious.pt: %s\n", err.c_str());
     EXPECT_NE(err.find("refusing to load"), std::string::npos) << err;
     EXPECT_NE(err.find("'posix.system'"), std::string::npos) << err;
     EXPECT_FALSE(fs::exists(marker));
     // Listing goes through the same unpickler.
-    EXPECT_NE(error_of([] { list_torch_checkpoint(kGolden + "malicious.pt"); }).find("posix.system"),
+    EXPECT_NE(error_of([] { list_torch_checkpoint(kPickle + "malicious.pt"); }).find("posix.system"),
               std::string::npos);
 
     err = error_of([] { load_torch_checkpoint(kData + "stack_global_eval.pt"); });
@@ -155,7 +146,7 @@ TEST(TorchPickle, MaliciousGlobalIsRefusedAndNothingRuns) {
 }
 
 TEST(TorchPickle, TruncatedAndCorruptFilesFailCleanly) {
-    std::string err = error_of([] { load_torch_checkpoint(kGolden + "truncated.pt"); });
+    std::string err = error_of([] { load_torch_checkpoint(kPickle + "truncated.pt"); });
     std::printf("truncated.pt: %s\n", err.c_str());
     EXPECT_NE(err.find("truncated"), std::string::npos) << err;
 
@@ -179,7 +170,7 @@ TEST(TorchPickle, TruncatedAndCorruptFilesFailCleanly) {
     EXPECT_NE(err.find("not found"), std::string::npos) << err;
 
     // Every prefix of a valid archive must fail with an exception, never crash.
-    std::ifstream in(kGolden + "single_entry.pt", std::ios::binary);
+    std::ifstream in(kPickle + "single_entry.pt", std::ios::binary);
     std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     const std::string cut = (fs::temp_directory_path() / "reel_test_cut.pt").string();
     int failures = 0;
@@ -199,14 +190,14 @@ TEST(TorchPickle, TruncatedAndCorruptFilesFailCleanly) {
 }
 
 TEST(TorchPickle, LegacyFormatLoadsLikeZip) {
-    TensorMap legacy = load_torch_checkpoint(kGolden + "legacy_format.pth");
-    TensorMap zip = load_torch_checkpoint(kGolden + "state_dict_ordered.pt");
+    TensorMap legacy = load_torch_checkpoint(kPickle + "legacy_format.pth");
+    TensorMap zip = load_torch_checkpoint(kPickle + "state_dict_ordered.pt");
     ASSERT_EQ(legacy.size(), zip.size());
     for (const auto& kv : zip) {
         ASSERT_TRUE(legacy.count(kv.first)) << kv.first;
         EXPECT_TRUE(at::equal(legacy.at(kv.first), kv.second)) << kv.first;
     }
-    auto entries = list_torch_checkpoint(kGolden + "legacy_format.pth");
+    auto entries = list_torch_checkpoint(kPickle + "legacy_format.pth");
     EXPECT_EQ(entries.size(), zip.size());
 }
 
@@ -234,7 +225,7 @@ TEST(TorchPickle, ParametersListsNonTensorLeavesAndMisalignedData) {
 }
 
 TEST(TorchPickle, ListingReadsNoData) {
-    auto entries = list_torch_checkpoint(kGolden + "dtypes.pt");
+    auto entries = list_torch_checkpoint(kPickle + "dtypes.pt");
     ASSERT_EQ(entries.size(), 4u);
     std::map<std::string, TorchTensorEntry> by;
     for (const auto& e : entries)
@@ -250,7 +241,7 @@ TEST(TorchPickle, ListingReadsNoData) {
 
 TEST(TorchPickle, TensorsAreWritableWithoutTouchingTheFile) {
     const std::string copy = (fs::temp_directory_path() / "reel_test_single.pt").string();
-    fs::copy_file(kGolden + "single_entry.pt", copy, fs::copy_options::overwrite_existing);
+    fs::copy_file(kPickle + "single_entry.pt", copy, fs::copy_options::overwrite_existing);
     {
         TensorMap t = load_torch_checkpoint(copy);
         t.at("only").fill_(42.0f);

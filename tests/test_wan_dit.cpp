@@ -4,34 +4,25 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <fstream>
 
 #include "cache/kv_cache.h"
 #include "diffusion/scheduler.h"
 #include "diffusion/wan_config.h"
 #include "diffusion/wan_dit.h"
+#include "tests/golden_util.h"
 #include "weights/safetensors.h"
 
 using namespace reel;
 
 namespace {
 
-std::string golden_path(const std::string& name) {
-    return std::string(REEL_TEST_DATA) + "/golden/" + name;
-}
-
-nlohmann::json read_json(const std::string& name) {
-    std::ifstream f(golden_path(name));
-    return nlohmann::json::parse(f);
-}
-
 const TensorMap& weights() {
-    static TensorMap t = load_safetensors(golden_path("dit_weights.safetensors"));
+    static TensorMap t = test::load_golden("dit_weights.safetensors");
     return t;
 }
 
 WanDitConfig toy_config() {
-    return WanDitConfig::from_json(read_json("dit_weights.json").at("config"));
+    return WanDitConfig::from_json(test::read_golden_json("dit_weights.json").at("config"));
 }
 
 struct Case {
@@ -42,22 +33,6 @@ const Case kCases[] = {{"global", 0, -1}, {"local5_sink1", 1, 5}, {"local5_sink0
 
 std::unique_ptr<KVCache> make_cache(const Case& c, int layers) {
     return c.window > 0 ? make_window_cache(layers, c.sink, c.window) : make_full_cache(layers);
-}
-
-// |got - ref| <= 1e-4 + 1e-4 |ref|; prints max abs / rel error; returns max abs.
-double expect_close(const at::Tensor& got, const at::Tensor& ref, const std::string& what) {
-    EXPECT_EQ(got.sizes(), ref.sizes()) << what;
-    if (got.sizes() != ref.sizes())
-        return 1e30;
-    at::Tensor g = got.to(at::kCPU, at::kDouble), r = ref.to(at::kDouble);
-    at::Tensor d = (g - r).abs();
-    double max_abs = d.max().item<double>();
-    // Relative to max(|ref|, 0.01): on near-zero references only the absolute error means anything.
-    double max_rel = (d / r.abs().clamp_min(1e-2)).max().item<double>();
-    bool ok = (d <= 1e-4 + 1e-4 * r.abs()).all().item<bool>();
-    std::printf("  %-40s max abs %.3g  max rel %.3g\n", what.c_str(), max_abs, max_rel);
-    EXPECT_TRUE(ok) << what << ": max abs " << max_abs << ", max rel " << max_rel;
-    return max_abs;
 }
 
 std::string call_name(int c) {
@@ -140,13 +115,13 @@ TEST(WanDit, MismatchedCheckpointListsEveryProblem) {
 }
 
 TEST(WanDit, RopeTable) {
-    TensorMap g = load_safetensors(golden_path("dit_rollout_global.safetensors"));
+    TensorMap g = test::load_golden("dit_rollout_global.safetensors");
     Rope3D rope(20, at::kCPU);
     EXPECT_EQ(rope.pairs_t(), 4);
     EXPECT_EQ(rope.pairs_hw(), 3);
     at::Tensor ref = g.at("rope_freqs_f64_first16");
     at::Tensor got = rope.freq_table_f64(16);
-    expect_close(got, ref, "rope_freqs_f64_first16");
+    test::expect_close(got, ref, "rope_freqs_f64_first16");
     EXPECT_LE((got - ref).abs().max().item<double>(), 1e-15);
     Rope3D big(128, at::kCPU);
     EXPECT_EQ(big.pairs_t(), 22);
@@ -155,8 +130,8 @@ TEST(WanDit, RopeTable) {
 }
 
 TEST(WanDit, TracesOfCalls00_06_14) {
-    TensorMap g = load_safetensors(golden_path("dit_rollout_global.safetensors"));
-    nlohmann::json calls = read_json("dit_rollout_global.json").at("calls");
+    TensorMap g = test::load_golden("dit_rollout_global.safetensors");
+    nlohmann::json calls = test::read_golden_json("dit_rollout_global.json").at("calls");
     WanDit dit(toy_config(), weights(), at::kCPU, at::kFloat);
     dit.set_context(g.at("context"));
     for (int c : {0, 6, 14}) {
@@ -169,11 +144,11 @@ TEST(WanDit, TracesOfCalls00_06_14) {
                 continue;
             const std::string name = kv.first.substr(prefix.size());
             ASSERT_TRUE(trace.count(name)) << "no trace for " << name;
-            expect_close(trace.at(name), kv.second, call_name(c) + " " + name);
+            test::expect_close(trace.at(name), kv.second, call_name(c) + " " + name);
             ++compared;
         }
         EXPECT_EQ(compared, 4 + 2 * 8 + 1) << "trace tensors of " << call_name(c);
-        expect_close(flow, g.at(call_name(c) + ".flow_pred"), call_name(c) + " flow_pred");
+        test::expect_close(flow, g.at(call_name(c) + ".flow_pred"), call_name(c) + " flow_pred");
     }
 }
 
@@ -181,23 +156,24 @@ TEST(WanDit, EveryCallInIsolation) {
     FlowMatchScheduler sched(5.0);
     WanDit dit(toy_config(), weights(), at::kCPU, at::kFloat);
     for (const Case& cs : kCases) {
-        TensorMap g = load_safetensors(golden_path("dit_rollout_" + cs.name + ".safetensors"));
-        nlohmann::json calls = read_json("dit_rollout_" + cs.name + ".json").at("calls");
+        TensorMap g = test::load_golden("dit_rollout_" + cs.name + ".safetensors");
+        nlohmann::json calls = test::read_golden_json("dit_rollout_" + cs.name + ".json").at("calls");
         dit.set_context(g.at("context"));
         double worst = 0;
         for (int c = 0; c < static_cast<int>(calls.size()); ++c) {
             at::Tensor flow = run_isolated(dit, cs, g, calls, c);
             at::Tensor x0 = sched.flow_to_x0(flow, g.at(call_name(c) + ".input"), g.at(call_name(c) + ".timestep"));
             const std::string tag = cs.name + " " + call_name(c);
-            worst = std::max(worst, expect_close(flow, g.at(call_name(c) + ".flow_pred"), tag + " flow_pred"));
-            worst = std::max(worst, expect_close(x0, g.at(call_name(c) + ".x0_pred"), tag + " x0_pred"));
+            worst = std::max(worst,
+                             test::expect_close(flow, g.at(call_name(c) + ".flow_pred"), tag + " flow_pred").max_abs);
+            worst = std::max(worst, test::expect_close(x0, g.at(call_name(c) + ".x0_pred"), tag + " x0_pred").max_abs);
         }
         std::printf("%s: worst max abs over %zu calls %.3g\n", cs.name.c_str(), calls.size(), worst);
     }
 }
 
 TEST(WanDit, CrossAttentionCaches) {
-    TensorMap g = load_safetensors(golden_path("dit_rollout_global.safetensors"));
+    TensorMap g = test::load_golden("dit_rollout_global.safetensors");
     WanDit dit(toy_config(), weights(), at::kCPU, at::kFloat);
     EXPECT_FALSE(dit.has_context());
     auto cache = make_full_cache(2);
@@ -205,10 +181,12 @@ TEST(WanDit, CrossAttentionCaches) {
     dit.set_context(g.at("context"));
     for (int i = 0; i < 2; ++i) {
         auto kv = dit.cross_kv(i);
-        expect_close(kv.first, g.at("crossattn" + std::to_string(i) + ".k"), "crossattn" + std::to_string(i) + ".k");
-        expect_close(kv.second, g.at("crossattn" + std::to_string(i) + ".v"), "crossattn" + std::to_string(i) + ".v");
+        test::expect_close(kv.first, g.at("crossattn" + std::to_string(i) + ".k"),
+                           "crossattn" + std::to_string(i) + ".k");
+        test::expect_close(kv.second, g.at("crossattn" + std::to_string(i) + ".v"),
+                           "crossattn" + std::to_string(i) + ".v");
     }
     // A shorter prompt is padded with zero rows to text_len, like the reference.
     dit.set_context(g.at("context").narrow(1, 0, 5));
-    expect_close(dit.cross_kv(1).first, g.at("crossattn1.k"), "crossattn1.k (5-row context)");
+    test::expect_close(dit.cross_kv(1).first, g.at("crossattn1.k"), "crossattn1.k (5-row context)");
 }
