@@ -1,6 +1,7 @@
-// Helpers shared by the test programs: paths and readers for tests/data/golden, the tolerance check every
-// golden test uses (docs/CONTRIBUTING.md: |got - ref| <= 1e-4 + 1e-4 |ref|, printing the max errors seen),
-// and catching an error message. Header-only, test programs only (needs REEL_TEST_DATA and GoogleTest).
+// Helpers shared by the test programs: paths and readers for tests/data/golden (and its toy DiT), the
+// tolerance check every golden test uses (docs/CONTRIBUTING.md: |got - ref| <= 1e-4 + 1e-4 |ref|, printing
+// the max errors seen), and catching an error message. Header-only, for test programs (needs REEL_TEST_DATA
+// and GoogleTest).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "diffusion/wan_config.h"
 #include "weights/safetensors.h"
 
 namespace reel::test {
@@ -33,6 +35,16 @@ inline nlohmann::json read_golden_json(const std::string& name) {
 
 inline TensorMap load_golden(const std::string& name) {
     return load_safetensors(golden_path(name));
+}
+
+// The golden 2-layer toy Wan DiT (tests/data/golden/dit_weights.*); the weights are loaded once per program.
+inline const TensorMap& golden_dit_weights() {
+    static TensorMap t = load_golden("dit_weights.safetensors");
+    return t;
+}
+
+inline WanDitConfig golden_dit_config() {
+    return WanDitConfig::from_json(read_golden_json("dit_weights.json").at("config"));
 }
 
 struct CloseResult {

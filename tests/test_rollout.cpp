@@ -15,15 +15,6 @@ using namespace reel;
 
 namespace {
 
-const TensorMap& weights() {
-    static TensorMap t = test::load_golden("dit_weights.safetensors");
-    return t;
-}
-
-WanDitConfig toy_config() {
-    return WanDitConfig::from_json(test::read_golden_json("dit_weights.json").at("config"));
-}
-
 // test::check_close without printing (a rollout compares ~60 tensors): returns the max abs error and
 // folds the max relative error into *max_rel.
 double check(const at::Tensor& got, const at::Tensor& ref, const std::string& what, double* max_rel) {
@@ -54,7 +45,7 @@ struct Case {
 void run_golden_case(const Case& cs) {
     TensorMap g = test::load_golden("dit_rollout_" + cs.name + ".safetensors");
     nlohmann::json meta = test::read_golden_json("dit_rollout_" + cs.name + ".json");
-    WanDit dit(toy_config(), weights(), at::kCPU, at::kFloat);
+    WanDit dit(test::golden_dit_config(), test::golden_dit_weights(), at::kCPU, at::kFloat);
     auto cache = cs.window > 0 ? make_window_cache(2, cs.sink, cs.window) : make_full_cache(2);
     CausalRollout ro(dit, *cache, toy_rollout(0));
     ASSERT_EQ(ro.timesteps(), (std::vector<float>{1000.0f, 937.5f, 833.3333129882812f, 625.0f}));
@@ -121,7 +112,7 @@ TEST(Rollout, GoldenLocal5Sink0) {
 
 TEST(Rollout, SeedMakesRunsReproducible) {
     TensorMap g = test::load_golden("dit_rollout_global.safetensors");
-    WanDit dit(toy_config(), weights(), at::kCPU, at::kFloat);
+    WanDit dit(test::golden_dit_config(), test::golden_dit_weights(), at::kCPU, at::kFloat);
     auto run = [&](uint64_t seed) {
         auto cache = make_full_cache(2);
         CausalRollout ro(dit, *cache, toy_rollout(seed));
@@ -156,7 +147,7 @@ TEST(Rollout, SeedMakesRunsReproducible) {
 TEST(Rollout, OtherDtypes) {
     TensorMap g = test::load_golden("dit_rollout_global.safetensors");
     for (at::ScalarType dt : {at::kDouble, at::kBFloat16}) {
-        WanDit dit(toy_config(), weights(), at::kCPU, dt);
+        WanDit dit(test::golden_dit_config(), test::golden_dit_weights(), at::kCPU, dt);
         auto cache = make_full_cache(2);
         CausalRollout ro(dit, *cache, toy_rollout(0));
         ro.set_context(g.at("context"));

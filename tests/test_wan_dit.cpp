@@ -16,15 +16,6 @@ using namespace reel;
 
 namespace {
 
-const TensorMap& weights() {
-    static TensorMap t = test::load_golden("dit_weights.safetensors");
-    return t;
-}
-
-WanDitConfig toy_config() {
-    return WanDitConfig::from_json(test::read_golden_json("dit_weights.json").at("config"));
-}
-
 struct Case {
     std::string name;
     int sink = 0, window = -1;  // window -1: global attention (full cache)
@@ -63,7 +54,7 @@ at::Tensor run_isolated(WanDit& dit,
 }  // namespace
 
 TEST(WanConfig, JsonDetectAndBuiltin) {
-    WanDitConfig c = toy_config();
+    WanDitConfig c = test::golden_dit_config();
     EXPECT_EQ(c.dim, 80);
     EXPECT_EQ(c.ffn_dim, 160);
     EXPECT_EQ(c.num_heads, 4);
@@ -73,11 +64,11 @@ TEST(WanConfig, JsonDetectAndBuiltin) {
     WanDitConfig r = WanDitConfig::from_json(c.to_json());
     EXPECT_EQ(r.to_json(), c.to_json());
 
-    EXPECT_TRUE(looks_like_wan_dit(weights()));
+    EXPECT_TRUE(looks_like_wan_dit(test::golden_dit_weights()));
     EXPECT_FALSE(looks_like_wan_dit(TensorMap{}));
     // dim 80 is not a multiple of 128: the head count cannot be guessed.
-    EXPECT_THROW(detect_wan_dit_config(weights()), std::runtime_error);
-    WanDitConfig d = detect_wan_dit_config(weights(), 4);
+    EXPECT_THROW(detect_wan_dit_config(test::golden_dit_weights()), std::runtime_error);
+    WanDitConfig d = detect_wan_dit_config(test::golden_dit_weights(), 4);
     d.text_len = c.text_len;  // not visible in shapes
     EXPECT_EQ(d.to_json(), c.to_json());
 
@@ -97,11 +88,11 @@ TEST(WanConfig, JsonDetectAndBuiltin) {
 }
 
 TEST(WanDit, MismatchedCheckpointListsEveryProblem) {
-    WanDitConfig c = toy_config();
+    WanDitConfig c = test::golden_dit_config();
     c.ffn_dim = 96;
     c.num_layers = 3;
     try {
-        WanDit dit(c, weights(), at::kCPU, at::kFloat);
+        WanDit dit(c, test::golden_dit_weights(), at::kCPU, at::kFloat);
         FAIL() << "no error for a mismatched checkpoint";
     } catch (const std::runtime_error& e) {
         std::string msg = e.what();
@@ -110,8 +101,8 @@ TEST(WanDit, MismatchedCheckpointListsEveryProblem) {
         EXPECT_NE(msg.find("missing blocks.2.self_attn.q.weight"), std::string::npos);
     }
     // Random weights from the shape list load strictly (the list and the loader agree).
-    TensorMap rnd = random_wan_dit_weights(toy_config(), 3);
-    EXPECT_NO_THROW(WanDit(toy_config(), rnd, at::kCPU, at::kFloat));
+    TensorMap rnd = random_wan_dit_weights(test::golden_dit_config(), 3);
+    EXPECT_NO_THROW(WanDit(test::golden_dit_config(), rnd, at::kCPU, at::kFloat));
 }
 
 TEST(WanDit, RopeTable) {
@@ -132,7 +123,7 @@ TEST(WanDit, RopeTable) {
 TEST(WanDit, TracesOfCalls00_06_14) {
     TensorMap g = test::load_golden("dit_rollout_global.safetensors");
     nlohmann::json calls = test::read_golden_json("dit_rollout_global.json").at("calls");
-    WanDit dit(toy_config(), weights(), at::kCPU, at::kFloat);
+    WanDit dit(test::golden_dit_config(), test::golden_dit_weights(), at::kCPU, at::kFloat);
     dit.set_context(g.at("context"));
     for (int c : {0, 6, 14}) {
         TensorMap trace;
@@ -154,7 +145,7 @@ TEST(WanDit, TracesOfCalls00_06_14) {
 
 TEST(WanDit, EveryCallInIsolation) {
     FlowMatchScheduler sched(5.0);
-    WanDit dit(toy_config(), weights(), at::kCPU, at::kFloat);
+    WanDit dit(test::golden_dit_config(), test::golden_dit_weights(), at::kCPU, at::kFloat);
     for (const Case& cs : kCases) {
         TensorMap g = test::load_golden("dit_rollout_" + cs.name + ".safetensors");
         nlohmann::json calls = test::read_golden_json("dit_rollout_" + cs.name + ".json").at("calls");
@@ -174,7 +165,7 @@ TEST(WanDit, EveryCallInIsolation) {
 
 TEST(WanDit, CrossAttentionCaches) {
     TensorMap g = test::load_golden("dit_rollout_global.safetensors");
-    WanDit dit(toy_config(), weights(), at::kCPU, at::kFloat);
+    WanDit dit(test::golden_dit_config(), test::golden_dit_weights(), at::kCPU, at::kFloat);
     EXPECT_FALSE(dit.has_context());
     auto cache = make_full_cache(2);
     EXPECT_THROW(dit.forward(g.at("call00.input"), g.at("call00.timestep"), 0, *cache), std::runtime_error);
