@@ -11,7 +11,8 @@ namespace {
 std::string shape_str(at::IntArrayRef s) {
     std::ostringstream os;
     os << "[";
-    for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+    for (size_t i = 0; i < s.size(); ++i)
+        os << (i ? ", " : "") << s[i];
     os << "]";
     return os.str();
 }
@@ -40,21 +41,26 @@ void WeightStore::finish(const std::string& what, bool strict) const {
     std::vector<std::string> all = problems_;
     if (strict) {
         for (const auto& kv : tensors_)
-            if (!used_.count(kv.first)) all.push_back("unexpected " + kv.first + " " + shape_str(kv.second.sizes()));
+            if (!used_.count(kv.first))
+                all.push_back("unexpected " + kv.first + " " + shape_str(kv.second.sizes()));
     }
-    if (all.empty()) return;
+    if (all.empty())
+        return;
     std::ostringstream os;
     os << what << ": checkpoint does not match the model (" << all.size() << " problem" << (all.size() > 1 ? "s" : "")
        << ")";
     const size_t show = 40;
-    for (size_t i = 0; i < all.size() && i < show; ++i) os << "\n  " << all[i];
-    if (all.size() > show) os << "\n  ... and " << all.size() - show << " more";
+    for (size_t i = 0; i < all.size() && i < show; ++i)
+        os << "\n  " << all[i];
+    if (all.size() > show)
+        os << "\n  ... and " << all.size() - show << " more";
     throw std::runtime_error(os.str());
 }
 
 void Linear::load(WeightStore& ws, const std::string& name, int64_t in, int64_t out, bool has_bias) {
     weight = ws.take(name + ".weight", {out, in});
-    if (has_bias) bias = ws.take(name + ".bias", {out});
+    if (has_bias)
+        bias = ws.take(name + ".bias", {out});
 }
 
 at::Tensor Linear::forward(const at::Tensor& x) const {

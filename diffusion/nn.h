@@ -15,7 +15,7 @@
 namespace reel {
 
 class WeightStore {
-public:
+  public:
     // Tensors are moved to `device` and cast to `dtype` (floating tensors only) as they are taken.
     WeightStore(const TensorMap& tensors, c10::Device device, c10::ScalarType dtype);
 
@@ -31,7 +31,7 @@ public:
     c10::Device device() const { return device_; }
     c10::ScalarType dtype() const { return dtype_; }
 
-private:
+  private:
     const TensorMap& tensors_;
     c10::Device device_;
     c10::ScalarType dtype_;
