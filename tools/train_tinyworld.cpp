@@ -63,7 +63,7 @@ struct Options {
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
     // text encoder + DiT
     int dit_dim = 128, dit_layers = 4, dit_heads = 4, dit_ffn = 512, text_dim = 64, text_layers = 2, text_len = 24;
-    int dit_batch = 16, chunks = 4, clips_per_prompt = 2;
+    int dit_batch = 16, chunks = 4, clips_per_prompt = 2, latent_clips = 0;
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
     // eval
     int eval_frames = 160, eval_prompts = 48;
@@ -400,10 +400,11 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
     const int64_t f = int64_t(o.chunks) * kChunk;
     const std::string path = o.state + "/cache/dit_latents.safetensors";
     LatentSet s;
+    const int64_t n_clips =
+        o.latent_clips > 0 ? int64_t(o.latent_clips) : int64_t(prompts.size()) * int64_t(o.clips_per_prompt);
     if (file_exists(path)) {
         TensorMap m = load_safetensors(path);
-        if (m.count("latents") && m["latents"].size(1) == f &&
-            m["latents"].size(0) == int64_t(prompts.size()) * o.clips_per_prompt) {
+        if (m.count("latents") && m["latents"].size(1) == f && m["latents"].size(0) == n_clips) {
             s.lat = m["latents"].clone();
             at::Tensor p = m["prompt"];
             for (int64_t i = 0; i < p.size(0); ++i)
@@ -426,10 +427,17 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
     std::vector<at::Tensor> vs;
     std::vector<int64_t> pidx;
     const double t0 = now_s();
-    for (size_t p = 0; p < prompts.size(); ++p) {
+    // Clip i shows prompt i mod n (every prompt equally often, in a seeded shuffled order).
+    std::vector<size_t> order(prompts.size());
+    for (size_t i = 0; i < order.size(); ++i)
+        order[i] = i;
+    std::mt19937_64 shuf(mix_seed(o.seed, 6, 0));
+    std::shuffle(order.begin(), order.end(), shuf);
+    for (int64_t i = 0; i < n_clips; ++i) {
+        const size_t p = order[size_t(i) % order.size()];
         SceneSpec sc = parse_prompt(prompts[p]);
-        for (int c = 0; c < o.clips_per_prompt; ++c) {
-            std::mt19937_64 rng(mix_seed(o.seed, 5, p * 1000 + uint64_t(c)));
+        {
+            std::mt19937_64 rng(mix_seed(o.seed, 5, uint64_t(i)));
             at::Tensor v;
             render_clip(sc, rng(), int64_t(rng() % 4096), t, &v, nullptr);
             vs.push_back(v);
@@ -439,8 +447,9 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
                 vs.clear();
             }
         }
-        if (p % 50 == 0)
-            std::printf("dit: encoding latents, prompt %zu/%zu (%.0f s)\n", p, prompts.size(), now_s() - t0);
+        if (i % 32 == 0)
+            std::printf("dit: encoding latents, clip %lld/%lld (%.0f s)\n", (long long)i, (long long)n_clips,
+                        now_s() - t0);
         std::fflush(stdout);
     }
     if (!vs.empty())
@@ -561,7 +570,9 @@ void stage_dit(const Options& o, double minutes) {
         std::vector<TokenBatch> bt;
         for (int64_t b = 0; b < B; ++b) {
             int64_t c = int64_t(rng() % uint64_t(n_clips));
-            xs.push_back(data.lat[c]);
+            // The world wraps around and the seed only sets start positions: a whole-cell torus shift of the
+            // latents is (nearly) another clip of the same prompt.
+            xs.push_back(data.lat[c].roll({int64_t(rng() % 8), int64_t(rng() % 8)}, {2, 3}));
             bt.push_back(toks[size_t(data.prompt_of[size_t(c)])]);
         }
         at::Tensor x0 = at::stack(xs);  // [B, F, C, h, w]
@@ -770,6 +781,7 @@ int main(int argc, char** argv) {
     app.add_option("--dit-lr", o.dit_lr);
     app.add_option("--chunks", o.chunks, "chunks of 3 latent frames per training clip");
     app.add_option("--clips-per-prompt", o.clips_per_prompt, "cached latent clips per training prompt");
+    app.add_option("--latent-clips", o.latent_clips, "cached latent clips in all (0: clips-per-prompt x prompts)");
     app.add_option("--context-noise", o.context_noise, "timestep of the context (cache) pass in training");
     app.add_option("--warped-share", o.warped_share, "share of timesteps drawn from the 4 inference steps");
     app.add_option("--eval-frames", o.eval_frames);
