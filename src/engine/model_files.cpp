@@ -97,20 +97,28 @@ ModelFiles find_model_files(const std::string& name_or_dir, const std::string& d
     if (name_or_dir.empty())
         throw std::runtime_error("empty model name");
     std::string dir;
-    if (is_dir(name_or_dir)) {
-        dir = name_or_dir;
-    } else if (name_or_dir.find('/') == std::string::npos) {
+    // A bare name is a shipped model first (so `-m tinyworld` run from the source tree is not the tinyworld/
+    // source folder); a path (anything with a '/') or a bare name no search folder knows is a folder.
+    const bool bare = name_or_dir.find('/') == std::string::npos;
+    if (bare) {
         for (const auto& d : model_search_dirs())
-            if (is_dir(d + "/" + name_or_dir) && exists(d + "/" + name_or_dir + "/reel.json")) {
+            if (exists(d + "/" + name_or_dir + "/reel.json")) {
                 dir = d + "/" + name_or_dir;
                 break;
             }
-        if (dir.empty())
-            throw std::runtime_error("unknown model '" + name_or_dir +
-                                     "': not a folder, and no model of that name in " + join(model_search_dirs()));
-    } else {
-        throw std::runtime_error("model folder " + name_or_dir + " does not exist");
     }
+    if (dir.empty() && is_dir(name_or_dir))
+        dir = name_or_dir;
+    if (dir.empty() && bare) {
+        std::string hint;
+        for (const auto& d : model_search_dirs())
+            if (is_dir(d + "/" + name_or_dir))
+                hint = " (" + d + "/" + name_or_dir + " has no reel.json yet)";
+        throw std::runtime_error("unknown model '" + name_or_dir + "': not a folder, and no model of that name in " +
+                                 join(model_search_dirs()) + hint + "; pass -m with a model folder");
+    }
+    if (dir.empty())
+        throw std::runtime_error("model folder " + name_or_dir + " does not exist");
     while (dir.size() > 1 && dir.back() == '/')
         dir.pop_back();
 
