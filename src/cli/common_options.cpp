@@ -65,8 +65,9 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
     sub->add_option("--crf", s.crf, "H.264 quality, 0 (lossless) to 51")
         ->capture_default_str()
         ->check(CLI::Range(0, 51));
-    sub->add_option("--cache", s.cache, "KV cache policy: full, or window:sink=S,recent=R (latent frames)")
-        ->capture_default_str();
+    sub->add_option("--cache", s.cache,
+                    "KV cache policy: full, or window:sink=S,recent=R (latent frames); default: the model's "
+                    "recommended policy (reel.json), else full");
 }
 
 void add_output_options(CLI::App* sub, OutputOptions& o) {

@@ -227,6 +227,11 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         throw std::runtime_error("--chunk must be at least 1 latent frame");
     if (s.steps.empty())
         throw std::runtime_error("--steps needs at least one timestep");
+    if (s.cache.empty()) {
+        // A model trained on a bounded context says which cache it expects (positions past it were never seen).
+        const nlohmann::json& man = m.files.manifest;
+        s.cache = man.is_object() && man.contains("recommended") ? man["recommended"].value("cache", "full") : "full";
+    }
     if (s.fps <= 0)
         s.fps = m.fps;
     if (s.width <= 0)

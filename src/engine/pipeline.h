@@ -40,7 +40,7 @@ struct GenerateSettings {
     int width = 0;   // 0: the model's
     int height = 0;  // 0: the model's
     int crf = 18;
-    std::string cache = "full";  // "full" or "window:sink=S,recent=R"
+    std::string cache;  // "full" or "window:sink=S,recent=R"; "" = the model's recommended policy, else full
 };
 
 // What one run measured, also written as the run record.
