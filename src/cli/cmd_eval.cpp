@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "src/cli/commands.h"
+#include "src/engine/fs_util.h"
 #include "src/video/video_reader.h"
 #include "tinyworld/evaluator.h"
 
@@ -20,11 +21,6 @@ struct EvalCli {
     std::string out;
     bool per_frame = false;
 };
-
-bool is_dir(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
 
 // The prompt of a video made by reel is in its run record (<video>.json).
 std::string prompt_from_record(const std::string& video) {
@@ -45,7 +41,7 @@ EvalReport eval_one(const std::string& path, const std::string& prompt_flag) {
                                  ".json beside it");
     std::vector<std::vector<uint8_t>> frames;
     int w = 0, h = 0;
-    if (is_dir(path)) {
+    if (is_directory(path)) {
         frames = read_png_dir(path, &w, &h);
     } else {
         auto reader = VideoReader::open(path);

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "src/cli/commands.h"
+#include "src/engine/fs_util.h"
 #include "src/engine/model_detect.h"
 #include "weights/checkpoint.h"
 
@@ -39,11 +40,6 @@ std::string human_bytes(double b) {
     char buf[32];
     std::snprintf(buf, sizeof(buf), u ? "%.2f %s" : "%.0f %s", b, units[u]);
     return buf;
-}
-
-bool is_dir(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 nlohmann::json inspect_file(const std::string& path, const InspectOptions& o) {
@@ -102,7 +98,7 @@ void print_text(const nlohmann::json& j) {
 
 int run_inspect(const InspectOptions& o) {
     std::vector<std::string> files;
-    if (is_dir(o.path)) {
+    if (is_directory(o.path)) {
         DIR* d = opendir(o.path.c_str());
         if (!d)
             throw std::runtime_error("cannot open folder " + o.path);
@@ -123,7 +119,7 @@ int run_inspect(const InspectOptions& o) {
     }
     InspectOptions file_opts = o;
     // A Wan folder's config.json knows the head count that shapes can't tell.
-    if (is_dir(o.path) && o.heads == 0) {
+    if (is_directory(o.path) && o.heads == 0) {
         std::ifstream cfg(o.path + "/config.json");
         if (cfg) {
             try {

@@ -1,5 +1,7 @@
 #include "src/engine/model_files.h"
 
+#include "src/engine/fs_util.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,16 +15,6 @@ namespace reel {
 
 namespace {
 
-bool exists(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0;
-}
-
-bool is_dir(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 std::string exe_dir() {
     char buf[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
@@ -34,7 +26,7 @@ std::string exe_dir() {
 
 std::string first_existing(const std::string& dir, const std::vector<std::string>& names) {
     for (const auto& n : names)
-        if (exists(dir + "/" + n))
+        if (path_exists(dir + "/" + n))
             return dir + "/" + n;
     return "";
 }
@@ -102,17 +94,17 @@ ModelFiles find_model_files(const std::string& name_or_dir, const std::string& d
     const bool bare = name_or_dir.find('/') == std::string::npos;
     if (bare) {
         for (const auto& d : model_search_dirs())
-            if (exists(d + "/" + name_or_dir + "/reel.json")) {
+            if (path_exists(d + "/" + name_or_dir + "/reel.json")) {
                 dir = d + "/" + name_or_dir;
                 break;
             }
     }
-    if (dir.empty() && is_dir(name_or_dir))
+    if (dir.empty() && is_directory(name_or_dir))
         dir = name_or_dir;
     if (dir.empty() && bare) {
         std::string hint;
         for (const auto& d : model_search_dirs())
-            if (is_dir(d + "/" + name_or_dir))
+            if (is_directory(d + "/" + name_or_dir))
                 hint = " (" + d + "/" + name_or_dir + " has no reel.json yet)";
         throw std::runtime_error("unknown model '" + name_or_dir + "': not a folder, and no model of that name in " +
                                  join(model_search_dirs()) + hint + "; pass -m with a model folder");
@@ -126,7 +118,7 @@ ModelFiles find_model_files(const std::string& name_or_dir, const std::string& d
     m.dir = dir;
     m.name = dir.substr(dir.find_last_of('/') + 1);
     const std::string manifest_path = dir + "/reel.json";
-    if (exists(manifest_path)) {
+    if (path_exists(manifest_path)) {
         std::ifstream in(manifest_path);
         try {
             m.manifest = nlohmann::json::parse(in);
@@ -140,7 +132,7 @@ ModelFiles find_model_files(const std::string& name_or_dir, const std::string& d
                 throw std::runtime_error(manifest_path + " has no \"" + std::string(key) + "\": {\"file\": ...}");
             std::string f = m.manifest[key]["file"].get<std::string>();
             std::string p = !f.empty() && f[0] == '/' ? f : dir + "/" + f;
-            if (!exists(p))
+            if (!path_exists(p))
                 throw std::runtime_error("model " + m.name + " is missing its " + key + " file " + p);
             return p;
         };
@@ -164,7 +156,7 @@ ModelFiles find_model_files(const std::string& name_or_dir, const std::string& d
             require_part(dir, "tokenizer", {"google/umt5-xxl/spiece.model", "spiece.model", "tokenizer.model"});
     }
     if (!dit_override.empty()) {
-        if (!exists(dit_override))
+        if (!path_exists(dit_override))
             throw std::runtime_error("DiT checkpoint " + dit_override + " does not exist");
         m.dit = dit_override;
     }
