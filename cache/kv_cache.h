@@ -58,6 +58,9 @@ class KVCache {
     // Calls fn on the entries of `layer` in blocks of at most max_block slots (fp entries first, then quantized
     // pages). Empty slots inside a block carry bias -inf.
     virtual void read(int layer, int64_t max_block, const std::function<void(const KVBlock&)>& fn) const = 0;
+    // The latent token grid of a frame (hp x wp = tokens per frame), for policies that search spatial
+    // neighbourhoods; the DiT calls it before writing.
+    virtual void set_frame_grid(int64_t hp, int64_t wp) { (void)hp, (void)wp; }
     // Time position (for RoPE) of the queries of absolute frame `frame`, consistent with read()'s tpos.
     virtual double query_position(int64_t frame) const = 0;
     // Full-precision copy of what `layer` holds (tests, tools).

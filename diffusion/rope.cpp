@@ -17,7 +17,7 @@ at::Tensor axis_angles(int64_t max_pos, int64_t width, double theta) {
 }  // namespace
 
 Rope3D::Rope3D(int64_t head_dim, c10::Device device, int64_t max_pos, double theta)
-    : max_pos_(max_pos), device_(device) {
+    : max_pos_(max_pos), device_(device), theta_(theta) {
     if (head_dim % 2 != 0)
         throw std::runtime_error("RoPE: head_dim " + std::to_string(head_dim) + " is odd");
     c_ = head_dim / 2;
@@ -93,6 +93,43 @@ at::Tensor Rope3D::apply(const at::Tensor& x, const RopeTable& table) const {
     at::Tensor out_re = re * table.cos - im * table.sin;
     at::Tensor out_im = re * table.sin + im * table.cos;
     return at::stack({out_re, out_im}, -1).reshape({b, t, n, 2 * c_}).to(x.scalar_type());
+}
+
+RopeTable Rope3D::table_at(const at::Tensor& tpos, const at::Tensor& spos, int64_t hp, int64_t wp) const {
+    at::Tensor half = tpos.to(device_, at::kFloat).mul(2.0f).round().to(at::kLong);
+    const int64_t need = half.numel() > 0 ? half.max().item<int64_t>() + 1 : 1;
+    if (half.numel() > 0 && half.min().item<int64_t>() < 0)
+        throw std::runtime_error("RoPE: negative time position");
+    if (!half_cos_.defined() || half_cos_.size(0) < need) {
+        int64_t rows = half_cos_.defined() ? half_cos_.size(0) : 64;
+        while (rows < need)
+            rows *= 2;
+        // Angle (i / 2) * inv_freq: for even i this is bit-identical to the integer-position table.
+        auto opts = at::TensorOptions().dtype(at::kDouble);
+        at::Tensor inv = 1.0 / at::pow(theta_, at::arange(0, 2 * c0_, 2, opts).div(static_cast<double>(2 * c0_)));
+        at::Tensor ang = at::outer(at::arange(rows, opts).mul(0.5), inv);
+        half_cos_ = at::cos(ang).to(device_);
+        half_sin_ = at::sin(ang).to(device_);
+    }
+    at::Tensor hi = half.reshape({-1});
+    at::Tensor si = spos.to(device_, at::kLong).reshape({-1});
+    std::vector<int64_t> shape = tpos.sizes().vec();
+    shape.push_back(c_);
+    RopeTable t;
+    t.cos = at::cat({half_cos_.index_select(0, hi), hw_table(hp, wp, false).index_select(0, si)}, 1).view(shape);
+    t.sin = at::cat({half_sin_.index_select(0, hi), hw_table(hp, wp, true).index_select(0, si)}, 1).view(shape);
+    return t;
+}
+
+at::Tensor Rope3D::apply_at(const at::Tensor& x, const RopeTable& table) const {
+    // x: [..., D] viewed as [..., c, 2] (real, imag) pairs
+    std::vector<int64_t> pairs = x.sizes().vec();
+    pairs.back() = c_;
+    pairs.push_back(2);
+    at::Tensor xd = x.to(at::kDouble).reshape(pairs);
+    at::Tensor re = xd.select(-1, 0), im = xd.select(-1, 1);
+    at::Tensor out = at::stack({re * table.cos - im * table.sin, re * table.sin + im * table.cos}, -1);
+    return out.reshape(x.sizes()).to(x.scalar_type());
 }
 
 }  // namespace reel

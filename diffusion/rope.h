@@ -40,6 +40,13 @@ class Rope3D {
     // x: [B, T, N, D] -> rotated [B, T, N, D] in x's dtype (computed in float64).
     at::Tensor apply(const at::Tensor& x, const RopeTable& table) const;
 
+    // Tables for arbitrary token positions, any leading shape: tpos [...] float time position in frames (a
+    // multiple of 0.5: merged cache entries sit at the middle of the frames they stand for), spos [...] int64 token
+    // index in the hp x wp grid. cos/sin [..., c] float64. No ceiling: the time table grows on demand.
+    RopeTable table_at(const at::Tensor& tpos, const at::Tensor& spos, int64_t hp, int64_t wp) const;
+    // x: [..., D] with leading dims broadcast-compatible with the table's -> rotated, x's dtype.
+    at::Tensor apply_at(const at::Tensor& x, const RopeTable& table) const;
+
   private:
     at::Tensor hw_table(int64_t hp, int64_t wp, bool want_sin) const;
 
@@ -50,6 +57,9 @@ class Rope3D {
     // Cached (h, w) part for the last grid, [hp*wp, 2*c1]: every call of a rollout has the same grid.
     mutable int64_t grid_hp_ = -1, grid_wp_ = -1;
     mutable at::Tensor grid_cos_, grid_sin_;
+    // Time part by half-frame index 2*tpos, [rows, c0] float64, grown by doubling.
+    mutable at::Tensor half_cos_, half_sin_;
+    double theta_;
 };
 
 }  // namespace reel

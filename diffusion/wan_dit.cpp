@@ -12,6 +12,9 @@ namespace reel {
 
 namespace {
 
+// Cache entries per attention block: bounds the dequantized/roped copy of keys that exists at any time.
+constexpr int64_t kCacheReadBlock = 4096;
+
 std::string blk(int i, const char* rest) {
     return "blocks." + std::to_string(i) + "." + rest;
 }
@@ -166,7 +169,8 @@ at::Tensor WanDit::forward(const at::Tensor& x_in,
     record(trace, "time_projection.out", e0);
     e0 = e0.view({b, f, 6, dim});
 
-    const RopeTable q_table = rope_.table_for_range(start_frame, f, hp, wp);
+    cache.set_frame_grid(hp, wp);
+    RopeTable q_table;
     // Modulated LayerNorm, per frame: LN(x) * (1 + scale) + shift; shift/scale [B, F, 1, dim].
     auto modulate = [&](const at::Tensor& xx, const at::Tensor& shift, const at::Tensor& scale) {
         return (plain_ln(xx, dim, cfg_.eps).view({b, f, s, dim}) * (1 + scale) + shift).view({b, l, dim});
@@ -189,8 +193,23 @@ at::Tensor WanDit::forward(const at::Tensor& x_in,
         at::Tensor k = maybe_rms(blk.norm_k, blk.k.forward(hs)).view({b, l, n, d});
         at::Tensor v = blk.v.forward(hs).view({b, l, n, d});
         cache.write(i, start_frame, f, k, v);
-        KVView kv = cache.view(i);
-        at::Tensor y = attention(rope_.apply(q, q_table), roped_keys(kv, hp, wp), kv.v, kv.bias);
+        if (i == 0) {
+            // The cache decides where the queries sit (absolute, or relative to its window); ask after the
+            // write, which may have rolled the window.
+            std::vector<float> qpos(static_cast<size_t>(l));
+            for (int64_t j = 0; j < l; ++j)
+                qpos[size_t(j)] = float(cache.query_position(start_frame + j / s));
+            q_table = rope_.table_at(at::tensor(qpos).view({l, 1}),
+                                     at::arange(s, at::kLong).repeat({f}).view({l, 1}), hp, wp);  // [L, 1, c]
+        }
+        // q: [B, L, N, D] -> roped, head-major [B, N, L, D]
+        AttentionAccumulator acc(rope_.apply_at(q, q_table).permute({0, 2, 1, 3}).contiguous());
+        cache.read(i, kCacheReadBlock, [&](const KVBlock& blk) {
+            // blk.k: [B, N, Lb, D] pre-RoPE; roped at the positions the cache gives each entry.
+            const RopeTable kt = rope_.table_at(blk.tpos, blk.spos, hp, wp);
+            acc.add(rope_.apply_at(blk.k, kt).to(q.scalar_type()), blk.v.to(q.scalar_type()), blk.bias);
+        });
+        at::Tensor y = acc.finish();
         y = blk.o.forward(y.reshape({b, l, dim}));
         record(trace, p + "self_attn.out", y);
         x = x + gated(y, mod(2));

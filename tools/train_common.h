@@ -176,6 +176,22 @@ class GraphKVCache : public KVCache {
         out.frame_pos = at::cat(pos, 0);
         return out;
     }
+    void read(int layer, int64_t, const std::function<void(const KVBlock&)>& fn) const override {
+        // One block with everything, out of place, so gradients reach every chunk's K/V.
+        KVView all = view(layer);
+        const int64_t b = all.k.size(0), t = all.k.size(1), n = all.k.size(2);
+        int64_t s = 1;
+        for (const auto& kv : data_[size_t(layer)])
+            s = kv.second.k.size(1) / kv.second.n;
+        KVBlock blk;
+        blk.k = all.k.permute({0, 2, 1, 3});
+        blk.v = all.v.permute({0, 2, 1, 3});
+        blk.tpos = all.frame_pos.to(at::kFloat).view({1, 1, t}).expand({b, n, t});
+        blk.spos = at::arange(s, at::kLong).repeat({t / s}).view({1, 1, t}).expand({b, n, t});
+        fn(blk);
+    }
+    double query_position(int64_t frame) const override { return double(frame); }
+    KVCacheStats stats() const override { return KVCacheStats(); }
     int64_t bytes() const override { return 0; }
     int64_t frames() const override {
         int64_t n = 0;

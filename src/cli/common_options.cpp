@@ -66,8 +66,21 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
         ->capture_default_str()
         ->check(CLI::Range(0, 51));
     sub->add_option("--cache", s.cache,
-                    "KV cache policy: full, or window:sink=S,recent=R (latent frames); default: the model's "
-                    "recommended policy (reel.json), else full");
+                    "KV cache policy: full, or window:sink=S,recent=R[,rope=relative|absolute] (latent frames; "
+                    "recent includes the chunk being made; rope=relative by default keeps positions inside the "
+                    "window); default: the model's recommended policy (reel.json), else full");
+    sub->add_option("--merge", s.merge,
+                    "merge near-duplicate cache entries: none, tempcache[:tau=0.95,radius=0] (keys of consecutive "
+                    "frames with cosine >= tau share one entry with a +log(count) logit bias) or flowcache[:keep=0.1] "
+                    "(old low-importance frames collapse to one mean entry)");
+    sub->add_option("--kv-quant", s.kv_quant,
+                    "quantized cache storage: none, int8, int4, int4-kivi (keys per channel, values per token, "
+                    "recent frames in full precision) or int4-hadamard (block Hadamard rotation, then token-wise "
+                    "INT4)");
+    sub->add_option("--cache-budget", s.cache_budget,
+                    "cache capacity per run: bytes (256M, 1G) or latent frames (21f); the store is allocated once "
+                    "at this size and evicts the oldest entries when full; default: sized from the window, "
+                    "unbounded for full");
 }
 
 void add_output_options(CLI::App* sub, OutputOptions& o) {

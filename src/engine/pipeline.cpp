@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "cache/cache_spec.h"
 #include "cache/kv_cache.h"
 #include "diffusion/rollout.h"
 #include "diffusion/tokenizer.h"
@@ -71,42 +72,6 @@ nlohmann::json read_json_file(const std::string& path) {
     } catch (const std::exception& e) {
         throw std::runtime_error(path + " is not valid JSON: " + e.what());
     }
-}
-
-// "window:sink=3,recent=12" -> window cache of 15 frames with 3 sinks.
-std::unique_ptr<KVCache> make_cache_from_spec(const std::string& spec, int layers) {
-    if (spec.empty() || spec == "full")
-        return make_full_cache(layers);
-    const std::string prefix = "window";
-    if (spec.rfind(prefix, 0) == 0) {
-        int sink = 0, recent = -1;
-        std::string rest =
-            spec.size() > prefix.size() && spec[prefix.size()] == ':' ? spec.substr(prefix.size() + 1) : "";
-        std::stringstream ss(rest);
-        std::string kv;
-        while (std::getline(ss, kv, ',')) {
-            auto eq = kv.find('=');
-            std::string key = kv.substr(0, eq);
-            if (eq == std::string::npos)
-                throw std::runtime_error("--cache " + spec + ": expected key=value, got '" + kv + "'");
-            int value = 0;
-            try {
-                value = std::stoi(kv.substr(eq + 1));
-            } catch (...) {
-                throw std::runtime_error("--cache " + spec + ": '" + kv + "' needs an integer value");
-            }
-            if (key == "sink")
-                sink = value;
-            else if (key == "recent")
-                recent = value;
-            else
-                throw std::runtime_error("--cache " + spec + ": unknown key '" + key + "' (sink, recent)");
-        }
-        if (recent <= 0 || sink < 0)
-            throw std::runtime_error("--cache " + spec + ": needs recent=N > 0 (and sink=S >= 0)");
-        return make_window_cache(layers, sink, sink + recent);
-    }
-    throw std::runtime_error("--cache must be 'full' or 'window:sink=S,recent=R' (got '" + spec + "')");
 }
 
 // RGB uint8 frames [T, H, W, 3] from raw decoder output [B=1, 3, T, H, W] in [-1, 1].
@@ -274,7 +239,8 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
     bool interrupted = false;
     std::string error;
 
-    std::unique_ptr<KVCache> cache = make_cache_from_spec(s.cache, static_cast<int>(m.dit_cfg.num_layers));
+    const CacheSpec spec = parse_cache_spec(s.cache, s.merge, s.kv_quant, s.cache_budget);
+    std::unique_ptr<KVCache> cache = make_cache(spec, static_cast<int>(m.dit_cfg.num_layers));
     RolloutConfig rc;
     rc.chunk_frames = s.chunk;
     rc.steps = s.steps;
@@ -336,14 +302,21 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
             ev.rss_bytes = current_rss_bytes();
             progress.update(ev);
             if (on_chunk) {
+                const KVCacheStats st = cache->stats();
                 on_chunk({{"chunk", c},
                           {"frame", written},
                           {"denoise_ms", ct.denoise_ms},
                           {"cache_pass_ms", ct.cache_pass_ms},
                           {"decode_ms", dt_decode * 1000},
                           {"encode_ms", dt_encode * 1000},
-                          {"kv_bytes", cache->bytes()},
-                          {"kv_frames", cache->frames()},
+                          {"kv_bytes", st.bytes},
+                          {"kv_bytes_fp", st.bytes_fp},
+                          {"kv_bytes_quant", st.bytes_quant},
+                          {"kv_bytes_merged", st.bytes_merged},
+                          {"kv_entries", st.entries},
+                          {"kv_merged_entries", st.merged_entries},
+                          {"merge_rate", st.merge_rate()},
+                          {"kv_frames", st.frames},
                           {"rss_bytes", ev.rss_bytes},
                           {"peak_rss_bytes", peak_rss_bytes()},
                           {"gpu_allocated_bytes", cuda_allocated_bytes(m.device)},
@@ -368,6 +341,10 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
                                {"height", s.height},
                                {"crf", s.crf},
                                {"cache", s.cache},
+                               {"cache_policy", spec.describe()},
+                               {"merge", s.merge},
+                               {"kv_quant", s.kv_quant},
+                               {"cache_budget", s.cache_budget},
                                {"device", m.opts.device},
                                {"dtype", c10::toString(m.dtype)},
                                {"threads", at::get_num_threads()},

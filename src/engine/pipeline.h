@@ -40,7 +40,10 @@ struct GenerateSettings {
     int width = 0;   // 0: the model's
     int height = 0;  // 0: the model's
     int crf = 18;
-    std::string cache;  // "full" or "window:sink=S,recent=R"; "" = the model's recommended policy, else full
+    std::string cache;         // --cache: "full" or "window:sink=S,recent=R"; "" = the model's recommended, else full
+    std::string merge;         // --merge: none | tempcache[:tau=..,radius=..] | flowcache[:keep=..]
+    std::string kv_quant;      // --kv-quant: none | int8 | int4 | int4-kivi | int4-hadamard
+    std::string cache_budget;  // --cache-budget: 256M, 1G, 21f (latent frames); "" = from the window
 };
 
 // What one run measured, also written as the run record.
