@@ -44,6 +44,7 @@ struct KVCacheStats {
     int64_t frames = 0;         // distinct frames with a live entry (layer 0)
     int64_t tokens_committed = 0;  // tokens offered to merging so far
     int64_t tokens_merged = 0;     // of which merged into an existing entry
+    int64_t allocations = 0;       // pool (re)allocations so far: constant once the store is warm
     double merge_rate() const { return tokens_committed ? double(tokens_merged) / double(tokens_committed) : 0.0; }
 };
 

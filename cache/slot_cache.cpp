@@ -313,6 +313,7 @@ class SlotCache : public KVCache {
             st.tokens_merged += L.tokens_merged;
         }
         st.bytes = st.bytes_fp + st.bytes_quant;
+        st.allocations = allocations_;
         st.frames = int64_t(frame_list(0).size());
         return st;
     }
@@ -471,6 +472,7 @@ class SlotCache : public KVCache {
     }
 
     void grow_fp(Layer& L, int64_t cap) {
+        ++allocations_;
         at::Tensor nk = at::zeros({L.streams, cap, L.d}, L.opts), nv = at::zeros({L.streams, cap, L.d}, L.opts);
         if (L.fcap > 0) {
             nk.narrow(1, 0, L.fcap).copy_(L.fk);
@@ -490,6 +492,7 @@ class SlotCache : public KVCache {
     }
 
     void grow_quant(Layer& L, int64_t pages) {
+        ++allocations_;
         const int64_t slots = pages * kPage, old_slots = L.qpages * kPage, g = spec_.quant_group;
         auto u8 = L.opts.dtype(at::kByte), f16 = L.opts.dtype(at::kHalf);
         at::Tensor qk = at::zeros({L.streams, slots, quant_row_bytes(L.d, bits_)}, u8);
@@ -1242,6 +1245,7 @@ class SlotCache : public KVCache {
     std::vector<int64_t> sinks_;  // the first `sink` frames written since reset
     int64_t newest_end_ = 0;
     int64_t hp_ = 0, wp_ = 0;
+    int64_t allocations_ = 0;
 };
 
 }  // namespace
