@@ -13,5 +13,6 @@ using CommandRunner = std::function<int()>;
 CommandRunner register_inspect(CLI::App& app);
 CommandRunner register_generate(CLI::App& app);
 CommandRunner register_eval(CLI::App& app);
+CommandRunner register_profile(CLI::App& app);
 
 }  // namespace reel

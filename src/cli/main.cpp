@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
     add(reel::register_generate);
     add(reel::register_inspect);
     add(reel::register_eval);
+    add(reel::register_profile);
 
     try {
         app.parse(argc, argv);
