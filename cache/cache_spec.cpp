@@ -247,8 +247,8 @@ std::vector<std::string> split_policy_list(const std::string& list) {
         if (tok.empty())
             continue;
         // "recent=12" (key=value with no name:) continues the previous part's parameters.
-        const bool continues = tok.find('=') != std::string::npos && tok.find(':') == std::string::npos &&
-                               tok.find('+') == std::string::npos;
+        const std::string head = tok.substr(0, tok.find('+'));  // "recent=3+tempcache" continues with "recent=3"
+        const bool continues = head.find('=') != std::string::npos && head.find(':') == std::string::npos;
         if (continues && !out.empty())
             out.back() += "," + tok;
         else if (continues)

@@ -7,6 +7,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -394,7 +395,7 @@ class SlotCache : public KVCache {
     // Bytes one entry costs per stream in each pool (for budgets).
     int64_t fp_entry_bytes(const Layer& L) const { return 2 * L.d * int64_t(L.opts.dtype().itemsize()); }
     int64_t quant_entry_bytes(const Layer& L) const {
-        const int64_t g = spec_.quant_group;
+        const int64_t g = group_;
         int64_t e = quant_row_bytes(L.d, bits_) + quant_row_bytes(L.d, value_bits()) + 2 * (L.d / g);  // + v scales
         e += spec_.quant == KVQuant::int4_kivi ? (2 * 2 * L.d + kPage - 1) / kPage : 2 * (L.d / g);
         return e;
@@ -412,11 +413,12 @@ class SlotCache : public KVCache {
         L.streams = L.b * L.n;
         L.opts = k.options();
         if (bits_ > 0) {
-            if (L.d % spec_.quant_group != 0)
-                throw std::runtime_error("KV cache: head dim " + std::to_string(L.d) + " is not a multiple of the "
-                                         "quantization group " + std::to_string(spec_.quant_group));
-            if (spec_.quant == KVQuant::int4_hadamard && (L.d & (L.d - 1)) != 0 && L.d % 32 != 0)
-                throw std::runtime_error("KV cache: int4-hadamard needs a head dim with a power-of-two block");
+            // Scale groups must tile the head: fall back to the largest common divisor (e.g. 4 for a head of 20).
+            group_ = spec_.quant_group;
+            while (L.d % group_ != 0)
+                group_ = std::gcd(group_, L.d);
+            if (bits_ == 4 && (L.d % 2 != 0 || group_ % 2 != 0))
+                throw std::runtime_error("KV cache: INT4 needs an even head dim (got " + std::to_string(L.d) + ")");
         }
         // Capacity in entries per stream, from budget and window (0 = unbounded).
         const int64_t layers = int64_t(layers_.size());
@@ -493,7 +495,7 @@ class SlotCache : public KVCache {
 
     void grow_quant(Layer& L, int64_t pages) {
         ++allocations_;
-        const int64_t slots = pages * kPage, old_slots = L.qpages * kPage, g = spec_.quant_group;
+        const int64_t slots = pages * kPage, old_slots = L.qpages * kPage, g = group_;
         auto u8 = L.opts.dtype(at::kByte), f16 = L.opts.dtype(at::kHalf);
         at::Tensor qk = at::zeros({L.streams, slots, quant_row_bytes(L.d, bits_)}, u8);
         at::Tensor qv = at::zeros({L.streams, slots, quant_row_bytes(L.d, value_bits())}, u8);
@@ -896,7 +898,7 @@ class SlotCache : public KVCache {
 
     // Dequantized rows of the quant pool (flat slot indices) -> [M, D] float32, un-rotated.
     at::Tensor dequant_rows(const Layer& L, const at::Tensor& rows, bool values) const {
-        const int64_t m = rows.numel(), g = spec_.quant_group;
+        const int64_t m = rows.numel(), g = group_;
         at::Tensor out = at::empty({m, L.d}, L.opts.dtype(at::kFloat));
         if (values || spec_.quant != KVQuant::int4_kivi) {
             const at::Tensor& q = values ? L.qv : L.qk;
@@ -927,7 +929,7 @@ class SlotCache : public KVCache {
 
     // Pages [p, p + np) of every stream -> scratch_k / scratch_v [streams, np * G, D] in the model dtype.
     void dequant_pages(Layer& L, int64_t p, int64_t np) const {
-        const int64_t len = np * kPage, g = spec_.quant_group;
+        const int64_t len = np * kPage, g = group_;
         if (!L.scratch_k.defined() || L.scratch_k.size(1) < len) {
             L.scratch_k = at::empty({L.streams, len, L.d}, L.opts.dtype(at::kFloat));
             L.scratch_v = at::empty({L.streams, len, L.d}, L.opts.dtype(at::kFloat));
@@ -1110,10 +1112,10 @@ class SlotCache : public KVCache {
         if (spec_.quant == KVQuant::int4_hadamard)
             fwht_(x, hadamard_block(L));
         at::Tensor q = at::empty({x.size(0), L.qv.size(2)}, L.opts.dtype(at::kByte));
-        at::Tensor s = at::empty({x.size(0), L.d / spec_.quant_group}, L.opts.dtype(at::kHalf));
-        quantize_tokens(x, value_bits(), spec_.quant_group, q, s);
+        at::Tensor s = at::empty({x.size(0), L.d / group_}, L.opts.dtype(at::kHalf));
+        quantize_tokens(x, value_bits(), group_, q, s);
         L.qv.view({-1, L.qv.size(2)}).index_copy_(0, rows, q);
-        L.qvs.view({-1, L.d / spec_.quant_group}).index_copy_(0, rows, s);
+        L.qvs.view({-1, L.d / group_}).index_copy_(0, rows, s);
     }
 
     // Moves committed fp entries old enough into quantized pages, kPage at a time per stream.
@@ -1154,7 +1156,7 @@ class SlotCache : public KVCache {
             return;
         auto dev = [&](const std::vector<int64_t>& x) { return at::tensor(x, at::kLong).to(L.opts.device()); };
         at::Tensor src = dev(src_rows), dst = dev(dst_slots);
-        const int64_t m = int64_t(src_rows.size()), g = spec_.quant_group;
+        const int64_t m = int64_t(src_rows.size()), g = group_;
         at::Tensor k = L.fk.view({-1, L.d}).index_select(0, src).to(at::kFloat).contiguous();
         at::Tensor v = L.fv.view({-1, L.d}).index_select(0, src).to(at::kFloat).contiguous();
         if (spec_.quant == KVQuant::int4_hadamard)
@@ -1246,6 +1248,7 @@ class SlotCache : public KVCache {
     int64_t newest_end_ = 0;
     int64_t hp_ = 0, wp_ = 0;
     int64_t allocations_ = 0;
+    int64_t group_ = 32;  // channels per quantization scale for this head size
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "src/cli/commands.h"
 #include "src/engine/fs_util.h"
+#include "src/video/fidelity.h"
 #include "src/video/video_reader.h"
 #include "tinyworld/evaluator.h"
 
@@ -17,6 +18,7 @@ namespace {
 
 struct EvalCli {
     std::vector<std::string> videos;
+    std::string reference;
     std::string prompt;
     std::string out;
     bool per_frame = false;
@@ -32,6 +34,59 @@ std::string prompt_from_record(const std::string& video) {
     } catch (...) {
         return "";
     }
+}
+
+std::vector<std::vector<uint8_t>> read_frames(const std::string& path, int& w, int& h) {
+    std::vector<std::vector<uint8_t>> frames;
+    if (is_directory(path)) {
+        frames = read_png_dir(path, &w, &h);
+    } else {
+        auto reader = VideoReader::open(path);
+        w = reader->info().width;
+        h = reader->info().height;
+        std::vector<uint8_t> rgb;
+        while (reader->read(rgb))
+            frames.push_back(rgb);
+    }
+    if (frames.empty())
+        throw std::runtime_error(path + " has no frames");
+    return frames;
+}
+
+void write_or_print(const nlohmann::json& result, const std::string& out) {
+    const std::string text = result.dump(2);
+    if (out.empty()) {
+        std::printf("%s\n", text.c_str());
+        return;
+    }
+    std::ofstream f(out);
+    if (!f)
+        throw std::runtime_error("cannot write " + out);
+    f << text << "\n";
+}
+
+int run_fidelity(const EvalCli& o) {
+    int rw = 0, rh = 0;
+    const auto ref = read_frames(o.reference, rw, rh);
+    nlohmann::json videos = nlohmann::json::array();
+    for (const auto& v : o.videos) {
+        int w = 0, h = 0;
+        const auto frames = read_frames(v, w, h);
+        if (w != rw || h != rh)
+            throw std::runtime_error(v + " is " + std::to_string(w) + "x" + std::to_string(h) + ", the reference " +
+                                     std::to_string(rw) + "x" + std::to_string(rh));
+        const FidelityReport r = compare_frames(ref, frames, w, h);
+        videos.push_back({{"video", v},
+                          {"frames", r.frames},
+                          {"psnr", r.psnr_mean},
+                          {"psnr_min", r.psnr_min},
+                          {"ssim", r.ssim_mean},
+                          {"ssim_min", r.ssim_min}});
+        std::fprintf(stderr, "%s: %lld frames, PSNR %.2f dB (min %.2f), SSIM %.4f (min %.4f)\n", v.c_str(),
+                     (long long)r.frames, r.psnr_mean, r.psnr_min, r.ssim_mean, r.ssim_min);
+    }
+    write_or_print({{"reference", o.reference}, {"videos", videos}}, o.out);
+    return 0;
 }
 
 EvalReport eval_one(const std::string& path, const std::string& prompt_flag) {
@@ -95,7 +150,14 @@ CommandRunner register_eval(CLI::App& app) {
     tw->add_option("videos", o->videos, "video files (any format FFmpeg reads) or folders of PNG frames")->required();
     tw->add_option("-p,--prompt", o->prompt, "the prompt (default: read from each video's run record <video>.json)");
     tw->add_option("-o,--output", o->out, "write the JSON report here instead of stdout");
-    return [o]() { return run_eval(*o); };
+    CLI::App* fid = ev->add_subcommand(
+        "fidelity",
+        "Compare videos with a reference made from the same prompt and seed (e.g. another cache policy): mean and "
+        "minimum PSNR and SSIM (luma, 11x11 Gaussian) over the common frames, as JSON");
+    fid->add_option("reference", o->reference, "the reference video (or folder of PNG frames)")->required();
+    fid->add_option("videos", o->videos, "videos to compare with it")->required();
+    fid->add_option("-o,--output", o->out, "write the JSON report here instead of stdout");
+    return [o, fid]() { return fid->parsed() ? run_fidelity(*o) : run_eval(*o); };
 }
 
 }  // namespace reel
