@@ -124,6 +124,67 @@ at::Tensor WanDit::roped_keys(const KVView& view, int64_t hp, int64_t wp) const 
     return rope_.apply(view.k, key_table_memo_);
 }
 
+void WanDit::set_attention(const AnnAttentionSpec& self_attn, const AnnCrossSpec& cross_attn) {
+    ann_spec_ = self_attn;
+    cross_spec_ = cross_attn;
+    ann_layers_.clear();
+    if (ann_spec_.enabled)
+        for (int i = 0; i < cfg_.num_layers; ++i)
+            ann_layers_.push_back(std::make_unique<AnnSelfAttention>(ann_spec_));
+    ann_stats_ = AnnStats();
+}
+
+int64_t WanDit::ann_sink_end(const KVCache& cache) const {
+    const std::vector<int64_t> frames = cache.frame_list(0);
+    int64_t end = ann_spec_.sink;
+    if (!frames.empty() && frames[0] == 0) {
+        for (size_t j = 1; j < frames.size(); ++j)
+            if (frames[j] != frames[j - 1] + 1) {
+                end = std::max(end, frames[j - 1] + 1);
+                break;
+            }
+    }
+    return end;
+}
+
+at::Tensor WanDit::ann_self_attention(int layer,
+                                      const at::Tensor& q,
+                                      const RopeTable& q_table,
+                                      int64_t start_frame,
+                                      int64_t f,
+                                      int64_t hp,
+                                      int64_t wp,
+                                      int64_t sink_end,
+                                      const KVCache& cache) {
+    // q: [B, L, N, D]
+    const int64_t b = q.size(0), l = q.size(1), n = q.size(2), d = q.size(3);
+    // Index keys must not move over an entry's life: rope them at absolute-equivalent positions (a relative
+    // window shifts every position by the same amount, which leaves the ranking of a query's keys unchanged).
+    const double shift = double(start_frame) - cache.query_position(start_frame);
+    const int64_t local_from = start_frame - (ann_spec_.local >= 0 ? ann_spec_.local : f);
+    std::vector<at::Tensor> ks, vs, bs, ids, locs, iks;
+    cache.read(layer, kCacheReadBlock, [&](const KVBlock& blk) {
+        // blk.k: [B, N, Lb, D] pre-RoPE; views of the store, so everything kept is copied.
+        const RopeTable kt = rope_.table_at(blk.tpos, blk.spos, hp, wp);
+        ks.push_back(rope_.apply_at(blk.k, kt).to(at::kFloat));
+        if (shift != 0.0)
+            iks.push_back(rope_.apply_at(blk.k, rope_.table_at(blk.tpos + shift, blk.spos, hp, wp)).to(at::kFloat));
+        vs.push_back(blk.v.to(at::kFloat, false, true));
+        bs.push_back(blk.bias.to(at::kFloat, false, true));
+        ids.push_back(blk.id.clone());
+        locs.push_back(blk.last.ge(local_from).logical_or(blk.last.lt(sink_end)));
+    });
+    auto flat = [&](std::vector<at::Tensor>& parts, bool keys) {
+        at::Tensor t = parts.size() == 1 ? parts[0] : at::cat(parts, 2);
+        return keys ? t.reshape({b * n, t.size(2), d}) : t.reshape({b * n, t.size(2)});
+    };
+    at::Tensor qh = rope_.apply_at(q, q_table).to(at::kFloat).permute({0, 2, 1, 3}).reshape({b * n, l, d});
+    at::Tensor out = ann_layers_[size_t(layer)]->attend(qh, flat(ks, true), flat(vs, true), flat(bs, false),
+                                                        flat(ids, false), flat(locs, false),
+                                                        iks.empty() ? at::Tensor() : flat(iks, true), &ann_stats_);
+    return out.view({b, n, l, d}).permute({0, 2, 1, 3}).to(q.scalar_type());
+}
+
 at::Tensor WanDit::forward(const at::Tensor& x_in,
                            const at::Tensor& t_in,
                            int64_t start_frame,
@@ -171,6 +232,10 @@ at::Tensor WanDit::forward(const at::Tensor& x_in,
 
     cache.set_frame_grid(hp, wp);
     RopeTable q_table;
+    if (ann_spec_.enabled && start_frame == 0)
+        for (auto& a : ann_layers_)
+            a->reset();  // a new video: entry ids restart
+    int64_t sink_end = 0;  // frames [0, sink_end) are attended exactly by AnnSA
     // Modulated LayerNorm, per frame: LN(x) * (1 + scale) + shift; shift/scale [B, F, 1, dim].
     auto modulate = [&](const at::Tensor& xx, const at::Tensor& shift, const at::Tensor& scale) {
         return (plain_ln(xx, dim, cfg_.eps).view({b, f, s, dim}) * (1 + scale) + shift).view({b, l, dim});
@@ -193,6 +258,8 @@ at::Tensor WanDit::forward(const at::Tensor& x_in,
         at::Tensor k = maybe_rms(blk.norm_k, blk.k.forward(hs)).view({b, l, n, d});
         at::Tensor v = blk.v.forward(hs).view({b, l, n, d});
         cache.write(i, start_frame, f, k, v);
+        if (i == 0 && ann_spec_.enabled)
+            sink_end = ann_sink_end(cache);
         if (i == 0) {
             // The cache decides where the queries sit (absolute, or relative to its window); ask after the
             // write, which may have rolled the window.
@@ -202,14 +269,19 @@ at::Tensor WanDit::forward(const at::Tensor& x_in,
             q_table = rope_.table_at(at::tensor(qpos).view({l, 1}),
                                      at::arange(s, at::kLong).repeat({f}).view({l, 1}), hp, wp);  // [L, 1, c]
         }
-        // q: [B, L, N, D] -> roped, head-major [B, N, L, D]
-        AttentionAccumulator acc(rope_.apply_at(q, q_table).permute({0, 2, 1, 3}).contiguous());
-        cache.read(i, kCacheReadBlock, [&](const KVBlock& blk) {
-            // blk.k: [B, N, Lb, D] pre-RoPE; roped at the positions the cache gives each entry.
-            const RopeTable kt = rope_.table_at(blk.tpos, blk.spos, hp, wp);
-            acc.add(rope_.apply_at(blk.k, kt).to(q.scalar_type()), blk.v.to(q.scalar_type()), blk.bias);
-        });
-        at::Tensor y = acc.finish();
+        at::Tensor y;
+        if (ann_spec_.enabled) {
+            y = ann_self_attention(i, q, q_table, start_frame, f, hp, wp, sink_end, cache);
+        } else {
+            // q: [B, L, N, D] -> roped, head-major [B, N, L, D]
+            AttentionAccumulator acc(rope_.apply_at(q, q_table).permute({0, 2, 1, 3}).contiguous());
+            cache.read(i, kCacheReadBlock, [&](const KVBlock& blk) {
+                // blk.k: [B, N, Lb, D] pre-RoPE; roped at the positions the cache gives each entry.
+                const RopeTable kt = rope_.table_at(blk.tpos, blk.spos, hp, wp);
+                acc.add(rope_.apply_at(blk.k, kt).to(q.scalar_type()), blk.v.to(q.scalar_type()), blk.bias);
+            });
+            y = acc.finish();
+        }
         y = blk.o.forward(y.reshape({b, l, dim}));
         record(trace, p + "self_attn.out", y);
         x = x + gated(y, mod(2));
@@ -218,7 +290,9 @@ at::Tensor WanDit::forward(const at::Tensor& x_in,
         at::Tensor hc = maybe_ln(blk.norm3, x);
         record(trace, p + "cross_attn.in", hc);
         at::Tensor cq = maybe_rms(blk.cross_norm_q, blk.cross_q.forward(hc)).view({b, l, n, d});
-        at::Tensor yc = blk.cross_o.forward(attention(cq, blk.cross_kc, blk.cross_vc).reshape({b, l, dim}));
+        at::Tensor ya = cross_spec_.enabled ? ann_cross_attention(cq, blk.cross_kc, blk.cross_vc, s, cross_spec_.k)
+                                            : attention(cq, blk.cross_kc, blk.cross_vc);
+        at::Tensor yc = blk.cross_o.forward(ya.reshape({b, l, dim}));
         record(trace, p + "cross_attn.out", yc);
         x = x + yc;
 

@@ -7,10 +7,12 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "ann/ann_attention.h"
 #include "cache/kv_cache.h"
 #include "diffusion/nn.h"
 #include "diffusion/rope.h"
@@ -61,10 +63,33 @@ class WanDit {
                        KVCache& cache,
                        TensorMap* trace = nullptr);
 
+    // Self- and cross-attention mode (default dense). AnnSA keeps one index set per layer; a call at frame 0 (a new
+    // video) starts them afresh.
+    void set_attention(const AnnAttentionSpec& self_attn, const AnnCrossSpec& cross_attn);
+    const AnnAttentionSpec& attention_spec() const { return ann_spec_; }
+    const AnnCrossSpec& cross_attention_spec() const { return cross_spec_; }
+    // AnnSA counters and times summed over every call since set_attention.
+    const AnnStats& ann_stats() const { return ann_stats_; }
+
     // The keys attention sees for a cache view: view.k roped at view.frame_pos. hp, wp: token grid per frame.
     at::Tensor roped_keys(const KVView& view, int64_t hp, int64_t wp) const;
 
   private:
+    // AnnSA for layer `layer`: q [B, L, N, D] pre-RoPE queries of frames [start_frame, start_frame + f), q_table
+    // their RoPE table -> [B, L, N, D] in q's dtype.
+    at::Tensor ann_self_attention(int layer,
+                                  const at::Tensor& q,
+                                  const RopeTable& q_table,
+                                  int64_t start_frame,
+                                  int64_t f,
+                                  int64_t hp,
+                                  int64_t wp,
+                                  int64_t sink_end,
+                                  const KVCache& cache);
+    // Frames [0, result) that AnnSA always attends exactly: the spec's first frames, and a window cache's sinks
+    // (the frames before the first gap in what it holds).
+    int64_t ann_sink_end(const KVCache& cache) const;
+
     // t: [B*F] -> float64 sinusoid [B*F, freq_dim] (cos first) cast to the model dtype
     at::Tensor sinusoid(const at::Tensor& t) const;
 
@@ -82,6 +107,10 @@ class WanDit {
     mutable at::Tensor key_pos_memo_;
     mutable RopeTable key_table_memo_;
     mutable int64_t key_grid_memo_ = -1;
+    AnnAttentionSpec ann_spec_;
+    AnnCrossSpec cross_spec_;
+    std::vector<std::unique_ptr<AnnSelfAttention>> ann_layers_;
+    AnnStats ann_stats_;
 };
 
 // Every tensor of a Wan DiT state dict with its shape, in load order.

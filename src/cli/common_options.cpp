@@ -81,6 +81,16 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
                     "cache capacity per run: bytes (256M, 1G) or latent frames (21f); the store is allocated once "
                     "at this size and evicts the oldest entries when full; default: sized from the window, "
                     "unbounded for full");
+    sub->add_option("--attn", s.attn,
+                    "self-attention: dense (default), or ann[:index=ivf|hnsw|lsh|flat|topk,k=64,nprobe=8,nlist=N,"
+                    "local=F,sink=S,m=16,ef=64,bits=512,center=1] (AnnSA: each query attends exactly to the sink "
+                    "frames and the chunk plus `local` latent frames before it (default one chunk), and to the k "
+                    "older cache entries an approximate nearest-neighbour index retrieves for it; ivf probes nprobe "
+                    "of nlist lists, hnsw has m links and search breadth ef, lsh uses `bits`-bit codes, flat and "
+                    "topk are exact)");
+    sub->add_option("--cross-attn", s.cross_attn,
+                    "cross-attention to the prompt: dense (default), or ann[:k=32] (AnnCA: each latent frame "
+                    "attends only to the k prompt tokens that score highest against its mean query)");
 }
 
 void add_output_options(CLI::App* sub, OutputOptions& o) {

@@ -250,6 +250,9 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
     rc.latent_w = s.width / 8;
     rc.channels = m.dit_cfg.in_dim;
     rc.seed = s.seed;
+    const AnnAttentionSpec attn_spec = parse_attn_spec(s.attn);
+    const AnnCrossSpec cross_spec = parse_cross_attn_spec(s.cross_attn);
+    m.dit->set_attention(attn_spec, cross_spec);
     CausalRollout rollout(*m.dit, *cache, rc);
     WanVaeDecodeStream decoder(*m.vae);
 
@@ -313,6 +316,7 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
                           {"kv_bytes_fp", st.bytes_fp},
                           {"kv_bytes_quant", st.bytes_quant},
                           {"kv_bytes_merged", st.bytes_merged},
+                          {"kv_bytes_live", st.bytes_live},
                           {"kv_entries", st.entries},
                           {"kv_merged_entries", st.merged_entries},
                           {"merge_rate", st.merge_rate()},
@@ -345,6 +349,8 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
                                {"merge", s.merge},
                                {"kv_quant", s.kv_quant},
                                {"cache_budget", s.cache_budget},
+                               {"attn", attn_spec.describe()},
+                               {"cross_attn", cross_spec.describe()},
                                {"device", m.opts.device},
                                {"dtype", c10::toString(m.dtype)},
                                {"threads", at::get_num_threads()},
@@ -372,6 +378,22 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
                           {"peak_kv_bytes", peak_kv}};
     if (!m.dit_group.empty())
         rec["model"]["dit_group"] = m.dit_group;
+    if (attn_spec.enabled) {
+        const AnnStats& a = m.dit->ann_stats();
+        rec["ann"] = {{"queries", a.queries},
+                      {"pool_keys", a.pool_keys},
+                      {"local_keys", a.local_keys},
+                      {"added", a.added},
+                      {"removed", a.removed},
+                      {"maintain_s", a.maintain_s},
+                      {"search_s", a.search_s},
+                      {"gather_s", a.gather_s},
+                      {"attend_s", a.attend_s}};
+        if (a.measured > 0) {
+            rec["ann"]["recall"] = a.recall_sum / double(a.measured);
+            rec["ann"]["mass"] = a.mass_sum / double(a.measured);
+        }
+    }
     if (m.device.is_cuda())
         rec["gpu_peak_bytes"] = cuda_peak_bytes(m.device);
     if (!error.empty())

@@ -44,6 +44,8 @@ struct GenerateSettings {
     std::string merge;         // --merge: none | tempcache[:tau=..,radius=..] | flowcache[:keep=..]
     std::string kv_quant;      // --kv-quant: none | int8 | int4 | int4-kivi | int4-hadamard
     std::string cache_budget;  // --cache-budget: 256M, 1G, 21f (latent frames); "" = from the window
+    std::string attn;          // --attn: dense | ann:index=ivf,k=64,nprobe=8,... ("" = dense)
+    std::string cross_attn;    // --cross-attn: dense | ann:k=32 ("" = dense)
 };
 
 // What one run measured, also written as the run record.
