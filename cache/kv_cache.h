@@ -25,6 +25,8 @@ struct KVBlock {
     at::Tensor tpos;  // [B, N, L] float32 time position for RoPE, in frames (multiples of 0.5)
     at::Tensor spos;  // [B, N, L] int64 token index inside the frame's latent grid (h * wp + w)
     at::Tensor bias;  // [B, N, L] float32 logit bias: log(multiplicity * weight), -inf for empty slots
+    at::Tensor id;    // [B, N, L] int64 stable entry id (unique per cache until reset), -1 for empty slots
+    at::Tensor last;  // [B, N, L] int64 newest absolute frame the entry stands for (-1 for empty slots)
 };
 
 // Materialized full-precision contents, for tests and tools (allocates; not for the hot path).
@@ -39,6 +41,7 @@ struct KVCacheStats {
     int64_t bytes_fp = 0;       // full-precision entry storage allocated
     int64_t bytes_quant = 0;    // quantized page storage allocated (data + scales)
     int64_t bytes_merged = 0;   // bytes held by live entries standing for more than one frame
+    int64_t bytes_live = 0;     // bytes held by live entries (what the cache uses of what it allocated)
     int64_t entries = 0;        // live entries, all layers and streams
     int64_t merged_entries = 0; // live entries with multiplicity > 1
     int64_t frames = 0;         // distinct frames with a live entry (layer 0)

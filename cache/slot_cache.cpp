@@ -41,10 +41,12 @@ struct FreeList {
 
 // Entry metadata of one pool, structure of arrays over stream * cap + slot.
 struct Meta {
+    std::vector<int64_t> id;
     std::vector<int32_t> first, last, spos;
     std::vector<float> count, weight;
     std::vector<uint8_t> live;
     void resize(size_t n) {
+        id.assign(n, -1);
         first.assign(n, 0);
         last.assign(n, 0);
         spos.assign(n, 0);
@@ -59,6 +61,7 @@ struct Meta {
         for (int64_t st = 0; st < streams; ++st)
             for (int64_t i = 0; i < old_cap; ++i) {
                 const size_t a = size_t(st * old_cap + i), b = size_t(st * new_cap + i);
+                m.id[b] = id[a];
                 m.first[b] = first[a];
                 m.last[b] = last[a];
                 m.spos[b] = spos[a];
@@ -99,7 +102,7 @@ struct Layer {
     std::vector<int32_t> prev_entry;
     // Device-side metadata for reads, rebuilt after any change.
     bool dirty = true;
-    at::Tensor f_tpos, f_spos, f_bias, q_tpos, q_spos, q_bias;
+    at::Tensor f_tpos, f_spos, f_bias, f_id, f_last, q_tpos, q_spos, q_bias, q_id, q_last;
     int64_t f_hwm = 0, q_hwm_pages = 0;
     at::Tensor scratch_k, scratch_v;  // dequantized pages
     // FlowCache: per stream, the importance of every frame that left the window so far (running quantile).
@@ -209,6 +212,8 @@ class SlotCache : public KVCache {
             blk.tpos = L.f_tpos.view({L.b, L.n, L.fcap}).narrow(2, a, len);
             blk.spos = L.f_spos.view({L.b, L.n, L.fcap}).narrow(2, a, len);
             blk.bias = L.f_bias.view({L.b, L.n, L.fcap}).narrow(2, a, len);
+            blk.id = L.f_id.view({L.b, L.n, L.fcap}).narrow(2, a, len);
+            blk.last = L.f_last.view({L.b, L.n, L.fcap}).narrow(2, a, len);
             fn(blk);
         }
         if (L.q_hwm_pages == 0)
@@ -225,6 +230,8 @@ class SlotCache : public KVCache {
             blk.tpos = L.q_tpos.view({L.b, L.n, qslots}).narrow(2, p * kPage, len);
             blk.spos = L.q_spos.view({L.b, L.n, qslots}).narrow(2, p * kPage, len);
             blk.bias = L.q_bias.view({L.b, L.n, qslots}).narrow(2, p * kPage, len);
+            blk.id = L.q_id.view({L.b, L.n, qslots}).narrow(2, p * kPage, len);
+            blk.last = L.q_last.view({L.b, L.n, qslots}).narrow(2, p * kPage, len);
             fn(blk);
         }
     }
@@ -302,6 +309,7 @@ class SlotCache : public KVCache {
                 for (size_t i = 0; i < m.live.size(); ++i)
                     if (m.live[i]) {
                         ++st.entries;
+                        st.bytes_live += per_entry;
                         if (m.count[i] > 1.f) {
                             ++st.merged_entries;
                             st.bytes_merged += per_entry;
@@ -357,6 +365,7 @@ class SlotCache : public KVCache {
         }
         sinks_.clear();
         newest_end_ = 0;
+        next_id_ = 0;
     }
 
     int num_layers() const override { return int(layers_.size()); }
@@ -623,9 +632,13 @@ class SlotCache : public KVCache {
     void rebuild_meta(Layer& L) const {
         if (!L.dirty)
             return;
-        auto build = [&](const Meta& m, int64_t cap, at::Tensor& tpos, at::Tensor& spos, at::Tensor& bias) {
+        auto build = [&](const Meta& m, int64_t cap, at::Tensor& tpos, at::Tensor& spos, at::Tensor& bias,
+                         at::Tensor& ids, at::Tensor& lasts) {
             const int64_t total = L.streams * cap;
             at::Tensor tp = at::zeros({total}, at::kFloat), sp = at::zeros({total}, at::kLong);
+            at::Tensor idt = at::full({total}, -1, at::kLong), lt = at::full({total}, -1, at::kLong);
+            int64_t* idp = idt.data_ptr<int64_t>();
+            int64_t* lp = lt.data_ptr<int64_t>();
             at::Tensor bi = at::full({total}, -std::numeric_limits<float>::infinity(), at::kFloat);
             float* tpp = tp.data_ptr<float>();
             int64_t* spp = sp.data_ptr<int64_t>();
@@ -636,6 +649,8 @@ class SlotCache : public KVCache {
                 if (!m.live[size_t(i)])
                     continue;
                 tpp[i] = float(entry_tpos(m.first[size_t(i)], m.last[size_t(i)]));
+                idp[i] = m.id[size_t(i)];
+                lp[i] = m.last[size_t(i)];
                 bip[i] = float(std::log(multiplicity(m.first[size_t(i)], m.last[size_t(i)], m.count[size_t(i)]) *
                                         m.weight[size_t(i)]));
                 hwm = std::max(hwm, i % cap + 1);
@@ -643,11 +658,13 @@ class SlotCache : public KVCache {
             tpos = tp.to(L.opts.device());
             spos = sp.to(L.opts.device());
             bias = bi.to(L.opts.device());
+            ids = idt.to(L.opts.device());
+            lasts = lt.to(L.opts.device());
             return hwm;
         };
-        L.f_hwm = build(L.fm, L.fcap, L.f_tpos, L.f_spos, L.f_bias);
+        L.f_hwm = build(L.fm, L.fcap, L.f_tpos, L.f_spos, L.f_bias, L.f_id, L.f_last);
         if (L.qpages > 0) {
-            const int64_t hwm = build(L.qm, L.qpages * kPage, L.q_tpos, L.q_spos, L.q_bias);
+            const int64_t hwm = build(L.qm, L.qpages * kPage, L.q_tpos, L.q_spos, L.q_bias, L.q_id, L.q_last);
             L.q_hwm_pages = (hwm + kPage - 1) / kPage;
         } else {
             L.q_hwm_pages = 0;
@@ -682,6 +699,7 @@ class SlotCache : public KVCache {
             for (int64_t t = 0; t < L.s; ++t) {
                 const int32_t slot = fl.pop();
                 const size_t i = size_t(st * L.fcap + slot);
+                L.fm.id[i] = next_id_++;
                 L.fm.first[i] = L.fm.last[i] = int32_t(fr);
                 L.fm.spos[i] = int32_t(t);
                 L.fm.count[i] = 1.f;
@@ -1183,6 +1201,7 @@ class SlotCache : public KVCache {
             const int64_t st = moved[i].first;
             const int32_t slot = moved[i].second;
             const size_t a = size_t(st * L.fcap + slot), b = size_t(st * L.qpages * kPage + moved_to[i]);
+            L.qm.id[b] = L.fm.id[a];
             L.qm.first[b] = L.fm.first[a];
             L.qm.last[b] = L.fm.last[a];
             L.qm.spos[b] = L.fm.spos[a];
@@ -1248,6 +1267,7 @@ class SlotCache : public KVCache {
     int64_t newest_end_ = 0;
     int64_t hp_ = 0, wp_ = 0;
     int64_t allocations_ = 0;
+    int64_t next_id_ = 0;
     int64_t group_ = 32;  // channels per quantization scale for this head size
 };
 

@@ -28,7 +28,7 @@ json make_row(int64_t chunk, int64_t frame, double denoise_ms, double cache_ms, 
             {"decode_ms", 2.5},         {"encode_ms", 0.25},
             {"kv_bytes", kv},           {"kv_bytes_fp", kv},
             {"kv_bytes_quant", 0},      {"kv_bytes_merged", 0},
-            {"kv_entries", kv / 100},   {"kv_merged_entries", 0},
+            {"kv_bytes_live", kv},      {"kv_entries", kv / 100},   {"kv_merged_entries", 0},
             {"merge_rate", 0.0},        {"kv_frames", 3 * (chunk + 1)},
             {"rss_bytes", rss},         {"peak_rss_bytes", rss + 7},
             {"gpu_allocated_bytes", 0}, {"gpu_peak_bytes", 0}};
@@ -139,7 +139,7 @@ TEST(ProfileReport, CsvHasTheColumnsAndOneRowPerChunk) {
     EXPECT_EQ(count(lines[0], ","), ncols - 1);
 
     // Chunk 2 of full: frame 30, denoise 12, cache pass 1 (dit 13), kv 300.
-    EXPECT_EQ(lines[3].rfind("full,2,30,12.000,1.000,13.000,2.500,0.250,300,300,0,0,3,0,0,9,1002000,1002007,0,0", 0),
+    EXPECT_EQ(lines[3].rfind("full,2,30,12.000,1.000,13.000,2.500,0.250,300,300,0,0,300,3,0,0,9,1002000,1002007,0,0", 0),
               0u)
         << lines[3];
     // A policy with commas is quoted, so every row still has as many fields as the header.

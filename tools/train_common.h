@@ -188,6 +188,8 @@ class GraphKVCache : public KVCache {
         blk.v = all.v.permute({0, 2, 1, 3});
         blk.tpos = all.frame_pos.to(at::kFloat).view({1, 1, t}).expand({b, n, t});
         blk.spos = at::arange(s, at::kLong).repeat({t / s}).view({1, 1, t}).expand({b, n, t});
+        blk.id = at::arange(t, at::kLong).view({1, 1, t}).expand({b, n, t});
+        blk.last = all.frame_pos.view({1, 1, t}).expand({b, n, t});
         fn(blk);
     }
     double query_position(int64_t frame) const override { return double(frame); }

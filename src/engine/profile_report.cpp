@@ -251,6 +251,7 @@ const std::vector<std::string>& profile_csv_columns() {
                                                   "kv_bytes_fp",
                                                   "kv_bytes_quant",
                                                   "kv_bytes_merged",
+                                                  "kv_bytes_live",
                                                   "kv_entries",
                                                   "kv_merged_entries",
                                                   "merge_rate",
