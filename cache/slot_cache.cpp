@@ -195,7 +195,7 @@ class SlotCache : public KVCache {
             L.fk.view({-1, L.d}).index_copy_(0, idx, rows[i]);
             L.fv.view({-1, L.d}).index_copy_(0, idx, vrows[i]);
         }
-        L.dirty = true;
+        // Overwriting the chunk being made changes no metadata: reads keep the device tables they built.
     }
 
     void read(int layer, int64_t max_block, const std::function<void(const KVBlock&)>& fn) const override {
