@@ -165,15 +165,13 @@ at::Tensor AnnSelfAttention::attend(const at::Tensor& q,
         streams_.resize(size_t(S));
 
     std::vector<std::vector<int64_t>> local_rows(static_cast<size_t>(S));
-    const int64_t kk = spec_.k;
-    at::Tensor sel = at::full({S, lq, kk}, -1, at::kLong);
-    int64_t* selp = sel.data_ptr<int64_t>();
     double maintain = 0, search = 0;
-    int64_t added = 0, removed = 0, pool = 0;
-    std::vector<std::pair<int64_t, int64_t>> cur;  // (id, row) of non-local live entries, sorted by id
+    int64_t added = 0, removed = 0, pool = 0, max_pool = 0;
+    // Per stream: (id, row) of the live non-local entries, sorted by id; the index is brought in step with them.
+    std::vector<std::vector<std::pair<int64_t, int64_t>>> curs(static_cast<size_t>(S));
     for (int64_t s = 0; s < S; ++s) {
         double ta = now_s();
-        cur.clear();
+        auto& cur = curs[size_t(s)];
         for (int64_t j = 0; j < L; ++j) {
             const int64_t e = s * L + j;
             if (ip[e] < 0 || !(bp[e] > -std::numeric_limits<float>::infinity()))
@@ -185,6 +183,7 @@ at::Tensor AnnSelfAttention::attend(const at::Tensor& q,
         }
         std::sort(cur.begin(), cur.end());
         pool += int64_t(cur.size());
+        max_pool = std::max<int64_t>(max_pool, int64_t(cur.size()));
         // Diff against what the index holds: both sorted by id.
         Stream& st = streams_[size_t(s)];
         if (!st.index)
@@ -213,12 +212,19 @@ at::Tensor AnnSelfAttention::attend(const at::Tensor& q,
         st.held = std::move(held);
         added += int64_t(add_ids.size());
         removed += int64_t(gone.size());
-        double tb = now_s();
-        maintain += tb - ta;
+        maintain += now_s() - ta;
+    }
+    // No query can retrieve more than the pool holds: k beyond it only costs.
+    const int64_t kk = std::min(spec_.k, max_pool);
+    at::Tensor sel = at::full({S, lq, kk}, -1, at::kLong);
+    int64_t* selp = sel.data_ptr<int64_t>();
+    for (int64_t s = 0; s < S && kk > 0; ++s) {
+        const auto& cur = curs[size_t(s)];
         if (cur.empty())
             continue;
+        double tb = now_s();
         // Retrieve, then map entry ids back to rows of k.
-        auto found = st.index->search(q[s], kk);
+        auto found = streams_[size_t(s)].index->search(q[s], kk);
         const at::Tensor fid = found.first.contiguous();
         const int64_t* fp = fid.data_ptr<int64_t>();
         for (int64_t i = 0; i < lq * kk; ++i) {

@@ -211,3 +211,23 @@ INSTANTIATE_TEST_SUITE_P(Ann,
                          AnnDitPolicies,
                          ::testing::Values(std::make_tuple(std::string("window:sink=1,recent=6"), std::string(), 2),
                                            std::make_tuple(std::string("full"), std::string("tempcache:tau=0.5"), 0)));
+
+TEST(AnnRecall, AllKeysOneNoneZeroTopHalf) {
+    at::manual_seed(6);
+    const int64_t S = 2, lq = 5, L = 30, d = 8;
+    at::Tensor q = at::randn({S, lq, d}), k = at::randn({S, L, d});
+    at::Tensor all = at::arange(L, at::kLong).view({1, 1, L}).expand({S, lq, L}).contiguous();
+    RecallStats r = measure_recall(q, k, at::Tensor(), all, 4);
+    EXPECT_NEAR(r.recall, 1.0, 1e-6);
+    EXPECT_NEAR(r.mass, 1.0, 1e-5);
+    RecallStats none = measure_recall(q, k, at::Tensor(), at::full({S, lq, 3}, -1, at::kLong), 4);
+    EXPECT_NEAR(none.recall, 0.0, 1e-6);
+    EXPECT_NEAR(none.mass, 0.0, 1e-6);
+    // Each query's own exact top 4: full recall, mass strictly between.
+    at::Tensor top = std::get<1>(at::matmul(q, k.transpose(1, 2)).topk(4, -1));
+    RecallStats t = measure_recall(q, k, at::Tensor(), top, 4);
+    EXPECT_NEAR(t.recall, 1.0, 1e-6);
+    EXPECT_GT(t.mass, 0.0);
+    EXPECT_LT(t.mass, 1.0);
+    EXPECT_LT(measure_recall(q, k, at::Tensor(), top, 8).recall, 1.0);
+}
