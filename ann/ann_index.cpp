@@ -220,7 +220,9 @@ class HnswIndex : public AnnIndex {
             slot_of_.erase(it);
             ++n_dead_;
         }
-        if (n_dead_ > 1024 && n_dead_ > int64_t(slot_of_.size()))
+        // Rebuild once the dead outnumber the live: searches over-fetch by total / live, which must stay small
+        // (a window cache replaces its whole pool every few chunks).
+        if (n_dead_ > std::max<int64_t>(64, int64_t(slot_of_.size())))
             rebuild();
     }
     std::pair<at::Tensor, at::Tensor> search(const at::Tensor& q_in, int64_t k) const override {
