@@ -458,7 +458,11 @@ class SlotCache : public KVCache {
         } else {
             L.fmax = max_entries;
         }
-        const int64_t first_cap = L.fmax ? std::min(L.fmax, 2 * nf * s) : 2 * nf * s;
+        // Quantized modes keep only the chunk being made, KIVI's recent frames and less than a page per stream in
+        // full precision: size the fp pool for exactly that (it grows if a policy ever needs more).
+        int64_t first_cap = bits_ > 0 ? (nf + fp_recent_frames()) * s + (s % kPage ? kPage : 0) : 2 * nf * s;
+        if (L.fmax)
+            first_cap = std::min(L.fmax, first_cap);
         grow_fp(L, std::max<int64_t>(first_cap, nf * s));
         if (bits_ > 0)
             grow_quant(L, L.qmax_pages ? std::min<int64_t>(L.qmax_pages, 4) : 4);
