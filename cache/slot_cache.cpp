@@ -460,7 +460,8 @@ class SlotCache : public KVCache {
         }
         // Quantized modes keep only the chunk being made, KIVI's recent frames and less than a page per stream in
         // full precision: size the fp pool for exactly that (it grows if a policy ever needs more).
-        int64_t first_cap = bits_ > 0 ? (nf + fp_recent_frames()) * s + (s % kPage ? kPage : 0) : 2 * nf * s;
+        const bool partial_pages = s % kPage != 0 || spec_.merge != CacheSpec::Merge::none;
+        int64_t first_cap = bits_ > 0 ? (nf + fp_recent_frames()) * s + (partial_pages ? kPage : 0) : 2 * nf * s;
         if (L.fmax)
             first_cap = std::min(L.fmax, first_cap);
         grow_fp(L, std::max<int64_t>(first_cap, nf * s));
