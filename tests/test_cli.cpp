@@ -73,8 +73,15 @@ int64_t count_frames(const std::string& path, reel::VideoInfo* info = nullptr) {
 TEST_F(Cli, HelpListsEverySubcommand) {
     Result r = run("--help");
     EXPECT_EQ(r.rc, 0);
-    for (const char* sub : {"generate", "inspect", "eval"})
+    for (const char* sub : {"generate", "inspect", "eval", "profile"})
         EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
+    Result e = run("eval --help");
+    for (const char* sub : {"tinyworld", "fidelity"})
+        EXPECT_NE(e.out.find(sub), std::string::npos) << sub;
+    // Every cache and attention flag is documented in generate's help.
+    Result g = run("generate --help");
+    for (const char* flag : {"--cache", "--merge", "--kv-quant", "--cache-budget", "--attn", "--cross-attn"})
+        EXPECT_NE(g.out.find(flag), std::string::npos) << flag;
 }
 
 TEST_F(Cli, GenerateWritesPlayableMp4AndRecord) {
