@@ -838,7 +838,10 @@ class SlotCache : public KVCache {
                     }
                 }
                 const float importance = 0.7f * delta + 0.3f;  // recency is the same for every frame leaving now
+                // The running quantile looks at the last 256 frames that left: bounded memory and time.
                 auto& hist = L.flow_history[size_t(st)];
+                if (hist.size() >= 256)
+                    hist.erase(hist.begin());
                 hist.push_back(importance);
                 std::vector<float> sorted = hist;
                 std::sort(sorted.begin(), sorted.end());
