@@ -58,8 +58,8 @@ struct Options {
     uint64_t seed = 1;
     int threads = 2;
     // VAE
-    std::vector<int> vae_mult{1, 2, 4, 8};
-    int vae_dim = 8, vae_res = 1, vae_batch = 4, vae_frames = 5;
+    std::vector<int> vae_mult{1, 2, 4, 4};
+    int vae_dim = 16, vae_res = 1, vae_batch = 4, vae_frames = 17;
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
     // text encoder + DiT
     int dit_dim = 128, dit_layers = 4, dit_heads = 4, dit_ffn = 512, text_dim = 64, text_layers = 2, text_len = 24;
