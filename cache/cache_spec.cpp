@@ -282,6 +282,8 @@ std::string CacheSpec::describe() const {
     return s;
 }
 
-std::unique_ptr<KVCache> make_cache(const CacheSpec& spec, int num_layers) { return make_slot_cache(spec, num_layers); }
+std::unique_ptr<KVCache> make_cache(const CacheSpec& spec, int num_layers) {
+    return make_slot_cache(spec, num_layers);
+}
 
 }  // namespace reel

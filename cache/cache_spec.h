@@ -31,9 +31,9 @@ struct CacheSpec {
     int64_t budget_frames = 0;
     // Merging of near-duplicate keys.
     enum class Merge { none, tempcache, flowcache } merge = Merge::none;
-    double tau = 0.95;   // tempcache: cosine similarity threshold
-    int radius = 0;      // tempcache: spatial neighbourhood (latent tokens) searched in the previous frame
-    double keep = 0.1;   // flowcache: share of old frames kept at full resolution (by importance)
+    double tau = 0.95;  // tempcache: cosine similarity threshold
+    int radius = 0;     // tempcache: spatial neighbourhood (latent tokens) searched in the previous frame
+    double keep = 0.1;  // flowcache: share of old frames kept at full resolution (by importance)
     // Quantized storage.
     KVQuant quant = KVQuant::none;
     int64_t quant_group = 32;  // channels per scale (token-wise modes)

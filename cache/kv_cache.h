@@ -37,14 +37,14 @@ struct KVView {
 };
 
 struct KVCacheStats {
-    int64_t bytes = 0;          // storage allocated, all layers (K/V pools, quantization scales)
-    int64_t bytes_fp = 0;       // full-precision entry storage allocated
-    int64_t bytes_quant = 0;    // quantized page storage allocated (data + scales)
-    int64_t bytes_merged = 0;   // bytes held by live entries standing for more than one frame
-    int64_t bytes_live = 0;     // bytes held by live entries (what the cache uses of what it allocated)
-    int64_t entries = 0;        // live entries, all layers and streams
-    int64_t merged_entries = 0; // live entries with multiplicity > 1
-    int64_t frames = 0;         // distinct frames with a live entry (layer 0)
+    int64_t bytes = 0;             // storage allocated, all layers (K/V pools, quantization scales)
+    int64_t bytes_fp = 0;          // full-precision entry storage allocated
+    int64_t bytes_quant = 0;       // quantized page storage allocated (data + scales)
+    int64_t bytes_merged = 0;      // bytes held by live entries standing for more than one frame
+    int64_t bytes_live = 0;        // bytes held by live entries (what the cache uses of what it allocated)
+    int64_t entries = 0;           // live entries, all layers and streams
+    int64_t merged_entries = 0;    // live entries with multiplicity > 1
+    int64_t frames = 0;            // distinct frames with a live entry (layer 0)
     int64_t tokens_committed = 0;  // tokens offered to merging so far
     int64_t tokens_merged = 0;     // of which merged into an existing entry
     int64_t allocations = 0;       // pool (re)allocations so far: constant once the store is warm

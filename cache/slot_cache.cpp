@@ -74,9 +74,15 @@ struct Meta {
 };
 
 // A reference to an entry: fp slot s >= 0, quantized slot q as -(q + 2), none = -1.
-inline int32_t quant_ref(int32_t q) { return -(q + 2); }
-inline bool is_quant_ref(int32_t r) { return r <= -2; }
-inline int32_t quant_slot(int32_t r) { return -r - 2; }
+inline int32_t quant_ref(int32_t q) {
+    return -(q + 2);
+}
+inline bool is_quant_ref(int32_t r) {
+    return r <= -2;
+}
+inline int32_t quant_slot(int32_t r) {
+    return -r - 2;
+}
 
 struct Layer {
     bool ready = false;
@@ -178,8 +184,8 @@ class SlotCache : public KVCache {
                     non_sink += !is_sink(start + i);
                 if (non_sink > spec_.recent)
                     throw std::runtime_error("KV cache: window of " + std::to_string(spec_.recent) +
-                                             " recent frames (+" + std::to_string(spec_.sink) +
-                                             " sink) cannot take " + std::to_string(non_sink) + " new frames");
+                                             " recent frames (+" + std::to_string(spec_.sink) + " sink) cannot take " +
+                                             std::to_string(non_sink) + " new frames");
                 evict_window(L, new_end);
             }
         }
@@ -630,7 +636,8 @@ class SlotCache : public KVCache {
     }
     float entry_bias(const Layer& L, int64_t st, int32_t ref) const {
         const Meta& m = is_quant_ref(ref) ? L.qm : L.fm;
-        const size_t i = is_quant_ref(ref) ? size_t(st * L.qpages * kPage + quant_slot(ref)) : size_t(st * L.fcap + ref);
+        const size_t i =
+            is_quant_ref(ref) ? size_t(st * L.qpages * kPage + quant_slot(ref)) : size_t(st * L.fcap + ref);
         return float(std::log(multiplicity(m.first[i], m.last[i], m.count[i]) * m.weight[i]));
     }
 
@@ -1058,7 +1065,7 @@ class SlotCache : public KVCache {
         // Group merged tokens by target entry.
         const float* bp = best.data_ptr<float>();
         std::unordered_map<int64_t, int64_t> target_index;  // (stream, ref) -> u
-        std::vector<int32_t> targets;                        // refs laid out per stream below
+        std::vector<int32_t> targets;                       // refs laid out per stream below
         std::vector<int64_t> target_stream, tok_u, tok_src;
         for (int64_t i = 0; i < total; ++i) {
             const int64_t st = i / L.s;
@@ -1121,8 +1128,8 @@ class SlotCache : public KVCache {
             const int64_t st = target_stream[size_t(j)];
             const int32_t ref = targets[size_t(j)];
             Meta& m = is_quant_ref(ref) ? L.qm : L.fm;
-            const size_t i = is_quant_ref(ref) ? size_t(st * L.qpages * kPage + quant_slot(ref))
-                                               : size_t(st * L.fcap + ref);
+            const size_t i =
+                is_quant_ref(ref) ? size_t(st * L.qpages * kPage + quant_slot(ref)) : size_t(st * L.fcap + ref);
             m.count[i] = counts[size_t(j)] + adds[size_t(j)];
             m.last[i] = int32_t(fr);
         }

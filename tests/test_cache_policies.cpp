@@ -40,11 +40,15 @@ at::Tensor attend_roped(const KVCache& c, const Rope3D& rope, const at::Tensor& 
     at::Tensor sq = at::arange(lq, at::kLong).remainder(kS).view({lq, 1});
     at::Tensor qr = rope.apply_at(q.permute({0, 2, 1, 3}), rope.table_at(tq, sq, kHp, kWp)).permute({0, 2, 1, 3});
     AttentionAccumulator acc(qr.contiguous());
-    c.read(0, 4096, [&](const KVBlock& b) { acc.add(rope.apply_at(b.k, rope.table_at(b.tpos, b.spos, kHp, kWp)), b.v, b.bias); });
+    c.read(0, 4096, [&](const KVBlock& b) {
+        acc.add(rope.apply_at(b.k, rope.table_at(b.tpos, b.spos, kHp, kWp)), b.v, b.bias);
+    });
     return acc.finish();
 }
 
-double max_abs(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
+double max_abs(const at::Tensor& a, const at::Tensor& b) {
+    return (a - b).abs().max().item<double>();
+}
 
 }  // namespace
 
@@ -179,8 +183,8 @@ TEST(CachePolicies, ByteBudgetIsRespected) {
     const auto frames = c->frame_list();
     EXPECT_EQ(frames.back(), 89);  // the newest frames are kept, the oldest evicted
     EXPECT_LT(frames.size(), 90u);
-    EXPECT_THROW(make_cache(parse_cache_spec("full", "", "", "1K"), 2)->write(0, 0, 3, at::zeros({1, 18, 2, 32}),
-                                                                              at::zeros({1, 18, 2, 32})),
+    EXPECT_THROW(make_cache(parse_cache_spec("full", "", "", "1K"), 2)
+                     ->write(0, 0, 3, at::zeros({1, 18, 2, 32}), at::zeros({1, 18, 2, 32})),
                  std::runtime_error);
 }
 
@@ -211,7 +215,7 @@ TEST(CachePolicies, QuantizedStorageError) {
     const auto had = error_of("int4-hadamard");
     EXPECT_LT(i8.first, i4.first / 50);
     EXPECT_LT(i8.second, 1e-3);
-    EXPECT_LT(had.first, i4.first / 2);  // rotation spreads the outliers
+    EXPECT_LT(had.first, i4.first / 2);   // rotation spreads the outliers
     EXPECT_LT(kivi.first, i4.first / 2);  // per-channel key scales isolate them
     EXPECT_LT(i4.second, 0.05);
 }

@@ -44,7 +44,7 @@ TEST(Fidelity, SsimAndPsnr) {
     EXPECT_LT(s_shift, 0.5);
     const auto r = compare_frames({a, a}, {a, noisy(a, 30, 2)}, w, h);
     EXPECT_EQ(r.frames, 2);
-    EXPECT_LT(r.psnr_min, 30);  // the noisy frame
+    EXPECT_LT(r.psnr_min, 30);   // the noisy frame
     EXPECT_GT(r.psnr_mean, 50);  // (100 + ~18) / 2
     EXPECT_LT(r.ssim_min, r.ssim_mean);
     EXPECT_THROW(ssim_rgb(a.data(), a.data(), 8, 8), std::runtime_error);

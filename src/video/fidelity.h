@@ -11,8 +11,8 @@ namespace reel {
 double ssim_rgb(const uint8_t* a, const uint8_t* b, int w, int h);
 
 struct FidelityReport {
-    int64_t frames = 0;       // frames compared (the shorter video's length)
-    double psnr_mean = 0;     // mean over frames of per-frame PSNR, each capped at 100 dB (identical frames)
+    int64_t frames = 0;    // frames compared (the shorter video's length)
+    double psnr_mean = 0;  // mean over frames of per-frame PSNR, each capped at 100 dB (identical frames)
     double psnr_min = 0;
     double ssim_mean = 0;
     double ssim_min = 0;
