@@ -234,7 +234,7 @@ at::Tensor WanDit::forward(const at::Tensor& x_in,
     RopeTable q_table;
     if (ann_spec_.enabled && start_frame == 0)
         for (auto& a : ann_layers_)
-            a->reset();  // a new video: entry ids restart
+            a->reset();    // a new video: entry ids restart
     int64_t sink_end = 0;  // frames [0, sink_end) are attended exactly by AnnSA
     // Modulated LayerNorm, per frame: LN(x) * (1 + scale) + shift; shift/scale [B, F, 1, dim].
     auto modulate = [&](const at::Tensor& xx, const at::Tensor& shift, const at::Tensor& scale) {
@@ -266,8 +266,8 @@ at::Tensor WanDit::forward(const at::Tensor& x_in,
             std::vector<float> qpos(static_cast<size_t>(l));
             for (int64_t j = 0; j < l; ++j)
                 qpos[size_t(j)] = float(cache.query_position(start_frame + j / s));
-            q_table = rope_.table_at(at::tensor(qpos).view({l, 1}),
-                                     at::arange(s, at::kLong).repeat({f}).view({l, 1}), hp, wp);  // [L, 1, c]
+            q_table = rope_.table_at(at::tensor(qpos).view({l, 1}), at::arange(s, at::kLong).repeat({f}).view({l, 1}),
+                                     hp, wp);  // [L, 1, c]
         }
         at::Tensor y;
         if (ann_spec_.enabled) {

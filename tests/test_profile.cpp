@@ -23,15 +23,25 @@ using reel::ProfileRun;
 
 // A chunk row as Engine::generate reports it.
 json make_row(int64_t chunk, int64_t frame, double denoise_ms, double cache_ms, int64_t kv, int64_t rss) {
-    return {{"chunk", chunk},           {"frame", frame},
-            {"denoise_ms", denoise_ms}, {"cache_pass_ms", cache_ms},
-            {"decode_ms", 2.5},         {"encode_ms", 0.25},
-            {"kv_bytes", kv},           {"kv_bytes_fp", kv},
-            {"kv_bytes_quant", 0},      {"kv_bytes_merged", 0},
-            {"kv_bytes_live", kv},      {"kv_entries", kv / 100},   {"kv_merged_entries", 0},
-            {"merge_rate", 0.0},        {"kv_frames", 3 * (chunk + 1)},
-            {"rss_bytes", rss},         {"peak_rss_bytes", rss + 7},
-            {"gpu_allocated_bytes", 0}, {"gpu_peak_bytes", 0}};
+    return {{"chunk", chunk},
+            {"frame", frame},
+            {"denoise_ms", denoise_ms},
+            {"cache_pass_ms", cache_ms},
+            {"decode_ms", 2.5},
+            {"encode_ms", 0.25},
+            {"kv_bytes", kv},
+            {"kv_bytes_fp", kv},
+            {"kv_bytes_quant", 0},
+            {"kv_bytes_merged", 0},
+            {"kv_bytes_live", kv},
+            {"kv_entries", kv / 100},
+            {"kv_merged_entries", 0},
+            {"merge_rate", 0.0},
+            {"kv_frames", 3 * (chunk + 1)},
+            {"rss_bytes", rss},
+            {"peak_rss_bytes", rss + 7},
+            {"gpu_allocated_bytes", 0},
+            {"gpu_peak_bytes", 0}};
 }
 
 // 100 chunks, 10 frames each: a full cache (KV grows by 100 bytes a chunk, DiT time by 1 ms a chunk) and a window
@@ -139,8 +149,8 @@ TEST(ProfileReport, CsvHasTheColumnsAndOneRowPerChunk) {
     EXPECT_EQ(count(lines[0], ","), ncols - 1);
 
     // Chunk 2 of full: frame 30, denoise 12, cache pass 1 (dit 13), kv 300.
-    EXPECT_EQ(lines[3].rfind("full,2,30,12.000,1.000,13.000,2.500,0.250,300,300,0,0,300,3,0,0,9,1002000,1002007,0,0", 0),
-              0u)
+    EXPECT_EQ(
+        lines[3].rfind("full,2,30,12.000,1.000,13.000,2.500,0.250,300,300,0,0,300,3,0,0,9,1002000,1002007,0,0", 0), 0u)
         << lines[3];
     // A policy with commas is quoted, so every row still has as many fields as the header.
     EXPECT_EQ(lines[101].rfind("\"window:sink=1,recent=3\",0,10,", 0), 0u) << lines[101];

@@ -94,20 +94,8 @@ EvalReport eval_one(const std::string& path, const std::string& prompt_flag) {
     if (prompt.empty())
         throw std::runtime_error("no prompt for " + path + ": pass -p, or keep the run record " + path +
                                  ".json beside it");
-    std::vector<std::vector<uint8_t>> frames;
     int w = 0, h = 0;
-    if (is_directory(path)) {
-        frames = read_png_dir(path, &w, &h);
-    } else {
-        auto reader = VideoReader::open(path);
-        w = reader->info().width;
-        h = reader->info().height;
-        std::vector<uint8_t> rgb;
-        while (reader->read(rgb))
-            frames.push_back(rgb);
-    }
-    if (frames.empty())
-        throw std::runtime_error(path + " has no frames");
+    const auto frames = read_frames(path, w, h);
     return evaluate_frames(frames, w, h, prompt);
 }
 
@@ -124,16 +112,7 @@ int run_eval(const EvalCli& o) {
                      reports.back().overall, reports.back().background, reports.back().color, reports.back().shape,
                      reports.back().direction);
     }
-    nlohmann::json result = {{"videos", videos}, {"summary", summarize_reports(reports).to_json()}};
-    const std::string text = result.dump(2);
-    if (o.out.empty()) {
-        std::printf("%s\n", text.c_str());
-    } else {
-        std::ofstream f(o.out);
-        if (!f)
-            throw std::runtime_error("cannot write " + o.out);
-        f << text << "\n";
-    }
+    write_or_print({{"videos", videos}, {"summary", summarize_reports(reports).to_json()}}, o.out);
     return 0;
 }
 

@@ -380,15 +380,9 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         rec["model"]["dit_group"] = m.dit_group;
     if (attn_spec.enabled) {
         const AnnStats& a = m.dit->ann_stats();
-        rec["ann"] = {{"queries", a.queries},
-                      {"pool_keys", a.pool_keys},
-                      {"local_keys", a.local_keys},
-                      {"added", a.added},
-                      {"removed", a.removed},
-                      {"maintain_s", a.maintain_s},
-                      {"search_s", a.search_s},
-                      {"gather_s", a.gather_s},
-                      {"attend_s", a.attend_s}};
+        rec["ann"] = {{"queries", a.queries},   {"pool_keys", a.pool_keys}, {"local_keys", a.local_keys},
+                      {"added", a.added},       {"removed", a.removed},     {"maintain_s", a.maintain_s},
+                      {"search_s", a.search_s}, {"gather_s", a.gather_s},   {"attend_s", a.attend_s}};
         if (a.measured > 0) {
             rec["ann"]["recall"] = a.recall_sum / double(a.measured);
             rec["ann"]["mass"] = a.mass_sum / double(a.measured);

@@ -239,27 +239,12 @@ nlohmann::json to_json(const ProfileSummary& s) {
 }
 
 const std::vector<std::string>& profile_csv_columns() {
-    static const std::vector<std::string> cols = {"policy",
-                                                  "chunk",
-                                                  "frame",
-                                                  "denoise_ms",
-                                                  "cache_pass_ms",
-                                                  "dit_ms",
-                                                  "decode_ms",
-                                                  "encode_ms",
-                                                  "kv_bytes",
-                                                  "kv_bytes_fp",
-                                                  "kv_bytes_quant",
-                                                  "kv_bytes_merged",
-                                                  "kv_bytes_live",
-                                                  "kv_entries",
-                                                  "kv_merged_entries",
-                                                  "merge_rate",
-                                                  "kv_frames",
-                                                  "rss_bytes",
-                                                  "peak_rss_bytes",
-                                                  "gpu_allocated_bytes",
-                                                  "gpu_peak_bytes"};
+    static const std::vector<std::string> cols = {
+        "policy",         "chunk",           "frame",         "denoise_ms",     "cache_pass_ms",
+        "dit_ms",         "decode_ms",       "encode_ms",     "kv_bytes",       "kv_bytes_fp",
+        "kv_bytes_quant", "kv_bytes_merged", "kv_bytes_live", "kv_entries",     "kv_merged_entries",
+        "merge_rate",     "kv_frames",       "rss_bytes",     "peak_rss_bytes", "gpu_allocated_bytes",
+        "gpu_peak_bytes"};
     return cols;
 }
 
