@@ -140,6 +140,178 @@ int64_t AnnSelfAttention::index_size(int64_t stream) const {
                                                                                : 0;
 }
 
+at::Tensor pad_rows(const std::vector<std::vector<int64_t>>& rows) {
+    size_t r = 0;
+    for (const auto& l : rows)
+        r = std::max(r, l.size());
+    at::Tensor out = at::full({int64_t(rows.size()), int64_t(r)}, -1, at::kLong);
+    int64_t* p = out.data_ptr<int64_t>();
+    for (size_t s = 0; s < rows.size(); ++s)
+        std::copy(rows[s].begin(), rows[s].end(), p + s * r);
+    return out;
+}
+
+at::Tensor compact_selection(const at::Tensor& sel, std::vector<std::vector<int64_t>>* rows) {
+    // sel: [S, Lq, K]
+    const int64_t S = sel.size(0), n = sel.size(1) * sel.size(2);
+    at::Tensor out = sel.to(at::kCPU, at::kLong).clone().contiguous();
+    int64_t* p = out.data_ptr<int64_t>();
+    rows->assign(size_t(S), {});
+    for (int64_t s = 0; s < S; ++s) {
+        std::vector<int64_t>& rs = (*rows)[size_t(s)];
+        int64_t* r = p + s * n;
+        for (int64_t i = 0; i < n; ++i)
+            if (r[i] >= 0)
+                rs.push_back(r[i]);
+        std::sort(rs.begin(), rs.end());
+        rs.erase(std::unique(rs.begin(), rs.end()), rs.end());
+        for (int64_t i = 0; i < n; ++i)
+            if (r[i] >= 0)
+                r[i] = std::lower_bound(rs.begin(), rs.end(), r[i]) - rs.begin();
+    }
+    return out;
+}
+
+void AnnSelfAttention::sync(const at::Tensor& id, const at::Tensor& bias, const at::Tensor& local, AnnStats* stats) {
+    // id, bias, local: [S, L]
+    const int64_t S = id.size(0), L = id.size(1);
+    if (id.dim() != 2 || bias.sizes() != id.sizes() || local.sizes() != id.sizes())
+        throw std::runtime_error("AnnSA: expected id, bias and local as [S, L]");
+    const double t0 = now_s();
+    const at::Tensor idc = id.to(at::kCPU, at::kLong).contiguous();
+    const at::Tensor bc = bias.to(at::kCPU, at::kFloat).contiguous();
+    const at::Tensor lc = local.to(at::kCPU, at::kBool).contiguous();
+    const int64_t* ip = idc.data_ptr<int64_t>();
+    const float* bp = bc.data_ptr<float>();
+    const bool* lp = lc.data_ptr<bool>();
+    if (int64_t(streams_.size()) != S)
+        streams_.resize(size_t(S));
+    new_rows_.assign(size_t(S), {});
+    local_rows_.assign(size_t(S), {});
+    int64_t removed = 0, pool = 0;
+    for (int64_t s = 0; s < S; ++s) {
+        Stream& st = streams_[size_t(s)];
+        st.pool.clear();
+        for (int64_t j = 0; j < L; ++j) {
+            const int64_t e = s * L + j;
+            if (ip[e] < 0 || !(bp[e] > -std::numeric_limits<float>::infinity()))
+                continue;
+            if (lp[e])
+                local_rows_[size_t(s)].push_back(j);
+            else
+                st.pool.emplace_back(ip[e], j);
+        }
+        std::sort(st.pool.begin(), st.pool.end());
+        pool += int64_t(st.pool.size());
+        // Diff against what the index holds: both sorted by id.
+        std::vector<int64_t> gone, held;
+        std::vector<std::pair<int64_t, int64_t>> fresh;  // (row, id): added in row order
+        held.reserve(st.pool.size());
+        size_t a = 0, b = 0;
+        while (a < st.pool.size() || b < st.held.size()) {
+            if (b == st.held.size() || (a < st.pool.size() && st.pool[a].first < st.held[b])) {
+                fresh.emplace_back(st.pool[a].second, st.pool[a].first);
+                held.push_back(st.pool[a].first);
+                ++a;
+            } else if (a == st.pool.size() || st.held[b] < st.pool[a].first) {
+                gone.push_back(st.held[b]);
+                ++b;
+            } else {
+                held.push_back(st.pool[a].first);
+                ++a, ++b;
+            }
+        }
+        if (!gone.empty()) {
+            if (!st.index)
+                throw std::runtime_error("AnnSA: index state lost");
+            st.index->remove(at::tensor(gone));
+        }
+        std::sort(fresh.begin(), fresh.end());
+        st.pending.clear();
+        for (const auto& [row, eid] : fresh) {
+            new_rows_[size_t(s)].push_back(row);
+            st.pending.push_back(eid);
+        }
+        st.held = std::move(held);
+        removed += int64_t(gone.size());
+    }
+    if (stats) {
+        stats->removed += removed;
+        stats->pool_keys += pool;
+        stats->maintain_s += now_s() - t0;
+    }
+}
+
+void AnnSelfAttention::add_keys(const at::Tensor& keys, AnnStats* stats) {
+    // keys: [S, R, D]
+    const double t0 = now_s();
+    int64_t added = 0;
+    for (size_t s = 0; s < streams_.size(); ++s) {
+        Stream& st = streams_[s];
+        if (st.pending.empty())
+            continue;
+        const int64_t n = int64_t(st.pending.size());
+        if (keys.dim() != 3 || keys.size(0) != int64_t(streams_.size()) || keys.size(1) < n)
+            throw std::runtime_error("AnnSA: add_keys expects [S, R, D] with a row per new entry");
+        if (!st.index)
+            st.index = make_ann_index(spec_.index, keys.size(2));
+        st.index->add(at::tensor(st.pending), keys[int64_t(s)].narrow(0, 0, n));
+        added += n;
+        st.pending.clear();
+    }
+    if (stats) {
+        stats->added += added;
+        stats->maintain_s += now_s() - t0;
+    }
+}
+
+at::Tensor AnnSelfAttention::search(const at::Tensor& q, AnnStats* stats) {
+    // q: [S, Lq, D]
+    const int64_t S = q.size(0), lq = q.size(1);
+    if (int64_t(streams_.size()) != S)
+        throw std::runtime_error("AnnSA: search before sync, or with another stream count");
+    const double t0 = now_s();
+    size_t max_pool = 0;
+    for (const Stream& st : streams_)
+        max_pool = std::max(max_pool, st.pool.size());
+    // No query can retrieve more than the pool holds: k beyond it only costs.
+    const int64_t kk = std::min<int64_t>(spec_.k, int64_t(max_pool));
+    at::Tensor sel = at::full({S, lq, kk}, -1, at::kLong);
+    int64_t* selp = sel.data_ptr<int64_t>();
+    for (int64_t s = 0; s < S && kk > 0; ++s) {
+        const Stream& st = streams_[size_t(s)];
+        if (st.pool.empty())
+            continue;
+        int64_t* row = selp + s * lq * kk;
+        if (int64_t(st.pool.size()) <= kk) {
+            // The whole pool fits: every query attends to all of it, which is what an exact search returns.
+            for (int64_t i = 0; i < lq; ++i)
+                for (size_t j = 0; j < st.pool.size(); ++j)
+                    row[i * kk + int64_t(j)] = st.pool[j].second;
+            continue;
+        }
+        if (!st.index || !st.pending.empty())
+            throw std::runtime_error("AnnSA: search before add_keys");
+        // Retrieve, then map entry ids back to rows.
+        auto found = st.index->search(q[s], kk);
+        const at::Tensor fid = found.first.contiguous();
+        const int64_t* fp = fid.data_ptr<int64_t>();
+        for (int64_t i = 0; i < lq * kk; ++i) {
+            const int64_t want = fp[i];
+            if (want < 0)
+                continue;
+            auto it = std::lower_bound(st.pool.begin(), st.pool.end(), std::make_pair(want, int64_t(-1)));
+            if (it != st.pool.end() && it->first == want)
+                row[i] = it->second;
+        }
+    }
+    if (stats) {
+        stats->queries += S * lq;
+        stats->search_s += now_s() - t0;
+    }
+    return sel;
+}
+
 at::Tensor AnnSelfAttention::attend(const at::Tensor& q,
                                     const at::Tensor& k,
                                     const at::Tensor& v,
@@ -150,114 +322,31 @@ at::Tensor AnnSelfAttention::attend(const at::Tensor& q,
                                     AnnStats* stats) {
     // q: [S, Lq, D], k, v, index_k: [S, L, D], bias: [S, L], id: [S, L], local: [S, L]
     const int64_t S = q.size(0), lq = q.size(1), d = q.size(2), L = k.size(1);
-    if (k.size(0) != S || bias.sizes() != id.sizes() || id.size(0) != S || id.size(1) != L ||
-        local.sizes() != id.sizes())
+    if (k.size(0) != S || id.size(0) != S || id.size(1) != L)
         throw std::runtime_error("AnnSA: expected q [S,Lq,D], k/v [S,L,D], bias/id/local [S,L]");
     const at::Tensor& index_k = index_k_in.defined() ? index_k_in : k;
-    double t0 = now_s();
-    at::Tensor idc = id.to(at::kCPU, at::kLong).contiguous();
-    at::Tensor bc = bias.to(at::kCPU, at::kFloat).contiguous();
-    at::Tensor lc = local.to(at::kCPU, at::kBool).contiguous();
-    const int64_t* ip = idc.data_ptr<int64_t>();
-    const float* bp = bc.data_ptr<float>();
-    const bool* lp = lc.data_ptr<bool>();
-    if (int64_t(streams_.size()) != S)
-        streams_.resize(size_t(S));
-
-    std::vector<std::vector<int64_t>> local_rows(static_cast<size_t>(S));
-    double maintain = 0, search = 0;
-    int64_t added = 0, removed = 0, pool = 0, max_pool = 0;
-    // Per stream: (id, row) of the live non-local entries, sorted by id; the index is brought in step with them.
-    std::vector<std::vector<std::pair<int64_t, int64_t>>> curs(static_cast<size_t>(S));
-    for (int64_t s = 0; s < S; ++s) {
-        double ta = now_s();
-        auto& cur = curs[size_t(s)];
-        for (int64_t j = 0; j < L; ++j) {
-            const int64_t e = s * L + j;
-            if (ip[e] < 0 || !(bp[e] > -std::numeric_limits<float>::infinity()))
-                continue;
-            if (lp[e])
-                local_rows[size_t(s)].push_back(j);
-            else
-                cur.emplace_back(ip[e], j);
-        }
-        std::sort(cur.begin(), cur.end());
-        pool += int64_t(cur.size());
-        max_pool = std::max<int64_t>(max_pool, int64_t(cur.size()));
-        // Diff against what the index holds: both sorted by id.
-        Stream& st = streams_[size_t(s)];
-        if (!st.index)
-            st.index = make_ann_index(spec_.index, d);
-        std::vector<int64_t> add_ids, add_rows, gone, held;
-        held.reserve(cur.size());
-        size_t a = 0, b = 0;
-        while (a < cur.size() || b < st.held.size()) {
-            if (b == st.held.size() || (a < cur.size() && cur[a].first < st.held[b])) {
-                add_ids.push_back(cur[a].first);
-                add_rows.push_back(cur[a].second);
-                held.push_back(cur[a].first);
-                ++a;
-            } else if (a == cur.size() || st.held[b] < cur[a].first) {
-                gone.push_back(st.held[b]);
-                ++b;
-            } else {
-                held.push_back(cur[a].first);
-                ++a, ++b;
-            }
-        }
-        if (!gone.empty())
-            st.index->remove(at::tensor(gone));
-        if (!add_ids.empty())
-            st.index->add(at::tensor(add_ids), index_k[s].index_select(0, at::tensor(add_rows).to(k.device())));
-        st.held = std::move(held);
-        added += int64_t(add_ids.size());
-        removed += int64_t(gone.size());
-        maintain += now_s() - ta;
-    }
-    // No query can retrieve more than the pool holds: k beyond it only costs.
-    const int64_t kk = std::min(spec_.k, max_pool);
-    at::Tensor sel = at::full({S, lq, kk}, -1, at::kLong);
-    int64_t* selp = sel.data_ptr<int64_t>();
-    for (int64_t s = 0; s < S && kk > 0; ++s) {
-        const auto& cur = curs[size_t(s)];
-        if (cur.empty())
-            continue;
-        double tb = now_s();
-        // Retrieve, then map entry ids back to rows of k.
-        auto found = streams_[size_t(s)].index->search(q[s], kk);
-        const at::Tensor fid = found.first.contiguous();
-        const int64_t* fp = fid.data_ptr<int64_t>();
-        for (int64_t i = 0; i < lq * kk; ++i) {
-            const int64_t want = fp[i];
-            if (want < 0)
-                continue;
-            auto it = std::lower_bound(cur.begin(), cur.end(), std::make_pair(want, int64_t(-1)));
-            if (it != cur.end() && it->first == want)
-                selp[s * lq * kk + i] = it->second;
-        }
-        search += now_s() - tb;
-    }
-    double tg = now_s();
+    sync(id, bias, local, stats);
+    const at::Tensor nrows = pad_rows(new_rows_);
+    if (nrows.size(1) > 0)
+        add_keys(index_k.gather(1, nrows.clamp_min(0).to(k.device()).unsqueeze(-1).expand({S, nrows.size(1), d})),
+                 stats);
+    at::Tensor sel = search(q, stats);
+    const double tg = now_s();
     // Local rows gathered into [S, Ll, D] (padding rows carry bias -inf).
-    int64_t ll = 0;
-    for (const auto& r : local_rows)
-        ll = std::max<int64_t>(ll, int64_t(r.size()));
-    at::Tensor lrows = at::full({S, ll}, -1, at::kLong);
-    for (int64_t s = 0; s < S; ++s)
-        if (!local_rows[size_t(s)].empty())
-            lrows[s].narrow(0, 0, int64_t(local_rows[size_t(s)].size())).copy_(at::tensor(local_rows[size_t(s)]));
+    const at::Tensor lrows = pad_rows(local_rows_);
+    const int64_t ll = lrows.size(1);
     at::Tensor safe = lrows.clamp_min(0).to(k.device());
     at::Tensor kl = k.gather(1, safe.unsqueeze(-1).expand({S, ll, d}));
     at::Tensor vl = v.gather(1, safe.unsqueeze(-1).expand({S, ll, d}));
     at::Tensor bl = bias.to(at::kFloat)
                         .gather(1, safe)
                         .masked_fill(lrows.lt(0).to(k.device()), -std::numeric_limits<float>::infinity());
-    double ts = now_s();
+    const double ts = now_s();
     at::Tensor out = sparse_attention(q, kl, vl, bl, k, v, bias, sel);
-    double te = now_s();
+    const double te = now_s();
     last_sel_ = sel;
     last_local_ = lrows;
-    if (stats && spec_.recall > 0 && pool > 0) {
+    if (stats && spec_.recall > 0) {
         // Everything a query attends: its retrieved rows and the local rows.
         at::Tensor attended = at::cat({sel, lrows.unsqueeze(1).expand({S, lq, ll})}, 2);
         RecallStats r = measure_recall(q, k, bias, attended, spec_.recall);
@@ -266,14 +355,8 @@ at::Tensor AnnSelfAttention::attend(const at::Tensor& q,
         stats->measured += 1;
     }
     if (stats) {
-        stats->queries += S * lq;
         stats->local_keys += ll;
-        stats->pool_keys += pool;
-        stats->added += added;
-        stats->removed += removed;
-        stats->maintain_s += maintain;
-        stats->search_s += search;
-        stats->gather_s += (ts - tg) + (tg - t0 - maintain - search);
+        stats->gather_s += ts - tg;
         stats->attend_s += te - ts;
     }
     return out;

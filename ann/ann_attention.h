@@ -48,9 +48,26 @@ struct AnnStats {
 // One layer's AnnSA state: an index per stream (batch x head), kept in step with the entries the cache holds by
 // diffing entry ids at every call (new non-local ids are added, vanished ones removed; TempCache merges keep the
 // surviving entry's id and key, so they need nothing).
+//
+// attend() runs the phases over materialized tensors (tests, benchmarks). The DiT runs them itself so that it
+// copies out of the cache store only the keys it attends: sync() on every entry's metadata, add_keys() for the
+// rows sync() lists as new, search(), then sparse_attention over the gathered local and selected rows.
 class AnnSelfAttention {
   public:
     explicit AnnSelfAttention(const AnnAttentionSpec& spec) : spec_(spec) {}
+    // id: [S, L] int64 stable entry ids (-1 empty); bias: [S, L] (-inf empty); local: [S, L] bool entries attended
+    // exactly. Rows are the caller's numbering of the entries (the cache's read order). Removes vanished entries
+    // from the indexes and lists, per stream, the rows of new pool entries and of local entries (ascending).
+    void sync(const at::Tensor& id, const at::Tensor& bias, const at::Tensor& local, AnnStats* stats = nullptr);
+    const std::vector<std::vector<int64_t>>& new_rows() const { return new_rows_; }
+    const std::vector<std::vector<int64_t>>& local_rows() const { return local_rows_; }
+    // keys: [S, R, D] the index keys of new_rows() (stream s: its first new_rows()[s].size() rows), roped at
+    // positions that stay fixed over an entry's life.
+    void add_keys(const at::Tensor& keys, AnnStats* stats = nullptr);
+    // q: [S, Lq, D] roped queries -> [S, Lq, K] rows of the pool entries each query attends (-1 none),
+    // K = min(k, largest pool). A stream whose pool fits in K attends to all of it without a search (exact).
+    at::Tensor search(const at::Tensor& q, AnnStats* stats = nullptr);
+
     // q: [S, Lq, D] roped queries; k, v: [S, L, D] every entry as attention sees it (k roped); bias: [S, L] (-inf =
     // empty); id: [S, L] int64 stable entry ids (-1 empty); local: [S, L] bool entries attended exactly;
     // index_k: [S, L, D] the keys the index should hold (roped at absolute-equivalent positions, stable over an
@@ -73,12 +90,21 @@ class AnnSelfAttention {
   private:
     struct Stream {
         std::unique_ptr<AnnIndex> index;
-        std::vector<int64_t> held;  // ids in the index, sorted
+        std::vector<int64_t> held;                      // ids in the index, sorted
+        std::vector<std::pair<int64_t, int64_t>> pool;  // (id, row) of the live pool entries, sorted by id
+        std::vector<int64_t> pending;                   // ids of new_rows, awaiting add_keys
     };
     AnnAttentionSpec spec_;
     std::vector<Stream> streams_;
+    std::vector<std::vector<int64_t>> new_rows_, local_rows_;
     at::Tensor last_sel_, last_local_;
 };
+
+// Rows per stream as one [S, R] int64 tensor, -1 padding.
+at::Tensor pad_rows(const std::vector<std::vector<int64_t>>& rows);
+// sel: [S, Lq, K] rows (-1 none) -> per stream the distinct rows any query selected (ascending), and sel renumbered
+// to positions in that list (what a gather of those rows produces).
+at::Tensor compact_selection(const at::Tensor& sel, std::vector<std::vector<int64_t>>* rows);
 
 // Cross-attention restricted per frame. q: [B, L, N, D] with L = frames * tokens_per_frame (frame-major);
 // k, v: [B, T, N, D] prompt keys/values. Returns [B, L, N, D]. k >= T gives dense attention exactly.

@@ -208,6 +208,12 @@ CacheSpec parse_cache_spec(const std::string& cache,
     parse_budget(budget, spec.budget_bytes, spec.budget_frames);
     if (spec.merge == CacheSpec::Merge::flowcache && !spec.window)
         throw std::runtime_error("--merge flowcache prunes frames leaving a window: use it with --cache window:...");
+    // Frames leave the window from quantized pages, and FlowCache's summaries are built in full precision only:
+    // refuse rather than silently evicting what the user asked to keep.
+    if (spec.merge == CacheSpec::Merge::flowcache && spec.quant != KVQuant::none)
+        throw std::runtime_error(
+            "--merge flowcache does not combine with --kv-quant (its summaries are kept in full "
+            "precision); use tempcache with quantization, or flowcache alone");
     return spec;
 }
 

@@ -810,7 +810,7 @@ class SlotCache : public KVCache {
     // summaries are bounded: the oldest go first when the store is full. Full-precision pool only.
     void flow_collapse(Layer& L, int64_t ws) {
         if (bits_ > 0)
-            return;  // summaries of quantized pages are not implemented: plain eviction
+            return;  // parse_cache_spec refuses flowcache with quantization
         const int64_t keep_frames = int64_t(std::ceil(spec_.keep * spec_.recent));
         for (int64_t st = 0; st < L.streams; ++st) {
             // Leaving frames of this stream: window entries with last < ws, grouped by frame.

@@ -3,10 +3,14 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <stdexcept>
 
+#include "cache/kv_gather.h"
 #include "kernels/attention.h"
+#include "kernels/sparse_attention.h"
 
 namespace reel {
 
@@ -158,30 +162,61 @@ at::Tensor WanDit::ann_self_attention(int layer,
                                       const KVCache& cache) {
     // q: [B, L, N, D]
     const int64_t b = q.size(0), l = q.size(1), n = q.size(2), d = q.size(3);
+    AnnSelfAttention& ann = *ann_layers_[size_t(layer)];
     // Index keys must not move over an entry's life: rope them at absolute-equivalent positions (a relative
     // window shifts every position by the same amount, which leaves the ranking of a query's keys unchanged).
     const double shift = double(start_frame) - cache.query_position(start_frame);
     const int64_t local_from = start_frame - (ann_spec_.local >= 0 ? ann_spec_.local : f);
-    std::vector<at::Tensor> ks, vs, bs, ids, locs, iks;
-    cache.read(layer, kCacheReadBlock, [&](const KVBlock& blk) {
-        // blk.k: [B, N, Lb, D] pre-RoPE; views of the store, so everything kept is copied.
-        const RopeTable kt = rope_.table_at(blk.tpos, blk.spos, hp, wp);
-        ks.push_back(rope_.apply_at(blk.k, kt).to(at::kFloat));
-        if (shift != 0.0)
-            iks.push_back(rope_.apply_at(blk.k, rope_.table_at(blk.tpos + shift, blk.spos, hp, wp)).to(at::kFloat));
-        vs.push_back(blk.v.to(at::kFloat, false, true));
-        bs.push_back(blk.bias.to(at::kFloat, false, true));
-        ids.push_back(blk.id.clone());
-        locs.push_back(blk.last.ge(local_from).logical_or(blk.last.lt(sink_end)));
-    });
-    auto flat = [&](std::vector<at::Tensor>& parts, bool keys) {
-        at::Tensor t = parts.size() == 1 ? parts[0] : at::cat(parts, 2);
-        return keys ? t.reshape({b * n, t.size(2), d}) : t.reshape({b * n, t.size(2)});
+    auto roped = [&](const KVRows& r, double dt) {
+        // r.k: [S, R, D] pre-RoPE -> roped float32
+        const at::Tensor tpos = dt != 0.0 ? r.tpos + dt : r.tpos;
+        return rope_.apply_at(r.k, rope_.table_at(tpos, r.spos, hp, wp)).to(at::kFloat);
     };
+    auto seconds = [] {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    };
+
+    // Only metadata for the whole cache; keys and values are copied out of the store for the local entries, the
+    // new index entries and the retrieved ones, nothing else.
+    double t0 = seconds();
+    const KVMeta meta = read_meta(cache, layer, kCacheReadBlock);
+    ann_stats_.gather_s += seconds() - t0;
+    ann.sync(meta.id, meta.bias, meta.last.ge(local_from).logical_or(meta.last.lt(sink_end)), &ann_stats_);
+    t0 = seconds();
+    std::vector<KVRows> got = gather_rows(cache, layer, kCacheReadBlock, {&ann.new_rows(), &ann.local_rows()});
+    ann_stats_.gather_s += seconds() - t0;
+    if (got[0].k.size(1) > 0)
+        ann.add_keys(roped(got[0], shift), &ann_stats_);
     at::Tensor qh = rope_.apply_at(q, q_table).to(at::kFloat).permute({0, 2, 1, 3}).reshape({b * n, l, d});
-    at::Tensor out = ann_layers_[size_t(layer)]->attend(qh, flat(ks, true), flat(vs, true), flat(bs, false),
-                                                        flat(ids, false), flat(locs, false),
-                                                        iks.empty() ? at::Tensor() : flat(iks, true), &ann_stats_);
+    const at::Tensor sel = ann.search(qh, &ann_stats_);  // [S, Lq, K] rows in read order
+
+    // Gather the rows any query retrieved, once each.
+    t0 = seconds();
+    const int64_t S = b * n;
+    RowLists pool;
+    const at::Tensor sel_c = compact_selection(sel, &pool);
+    const KVRows retrieved = gather_rows(cache, layer, kCacheReadBlock, {&pool})[0];
+    ann_stats_.gather_s += seconds() - t0;
+    const KVRows& local = got[1];
+    t0 = seconds();
+    at::Tensor out = sparse_attention(qh, roped(local, 0.0), local.v, local.bias, roped(retrieved, 0.0), retrieved.v,
+                                      retrieved.bias, sel_c);
+    ann_stats_.attend_s += seconds() - t0;
+    ann_stats_.local_keys += local.k.size(1);
+    if (ann_spec_.recall > 0) {
+        // Recall needs every key: a measurement mode, it gathers the whole layer.
+        RowLists all(static_cast<size_t>(S));
+        for (auto& rows : all)
+            for (int64_t j = 0; j < meta.id.size(1); ++j)
+                rows.push_back(j);
+        const KVRows everything = gather_rows(cache, layer, kCacheReadBlock, {&all})[0];
+        const at::Tensor lrows = pad_rows(ann.local_rows());
+        const at::Tensor attended = at::cat({sel, lrows.unsqueeze(1).expand({S, l, lrows.size(1)})}, 2);
+        const RecallStats r = measure_recall(qh, roped(everything, 0.0), everything.bias, attended, ann_spec_.recall);
+        ann_stats_.recall_sum += r.recall;
+        ann_stats_.mass_sum += r.mass;
+        ann_stats_.measured += 1;
+    }
     return out.view({b, n, l, d}).permute({0, 2, 1, 3}).to(q.scalar_type());
 }
 

@@ -13,6 +13,7 @@
 #include "ann/ann_index.h"
 #include "cache/cache_spec.h"
 #include "cache/kv_cache.h"
+#include "cache/kv_gather.h"
 #include "diffusion/wan_dit.h"
 #include "kernels/attention.h"
 #include "kernels/sparse_attention.h"
@@ -127,8 +128,9 @@ TEST(AnnIndex, SearchFindsNearestAndForgetsRemoved) {
                 seen.insert(x);
             }
         EXPECT_FALSE(seen.empty()) << type;
-        if (type == "hnsw")
+        if (type == "hnsw") {
             EXPECT_EQ(index->rebuilds(), 1);
+        }
     }
 }
 
@@ -230,4 +232,72 @@ TEST(AnnRecall, AllKeysOneNoneZeroTopHalf) {
     EXPECT_GT(t.mass, 0.0);
     EXPECT_LT(t.mass, 1.0);
     EXPECT_LT(measure_recall(q, k, at::Tensor(), top, 8).recall, 1.0);
+}
+
+// The DiT's AnnSA path copies only chosen entries out of the store: the metadata pass and gathered rows must agree
+// with a plain read of every block, over full-precision and quantized pages and merged entries.
+TEST(KVGather, RowsEqualTheBlocksTheyComeFrom) {
+    auto cache = make_cache(parse_policy("window:sink=1,recent=6+tempcache:tau=0.5+int4-kivi"), 1);
+    at::manual_seed(3);
+    const int64_t n = 2, d = 16, s = 4;
+    cache->set_frame_grid(2, 2);
+    for (int64_t f = 0; f < 12; f += 2)
+        cache->write(0, f, 2, at::randn({1, 2 * s, n, d}).mul(0.1).add(1), at::randn({1, 2 * s, n, d}));
+    std::vector<at::Tensor> ks, vs, ts, ss, bs, ids;
+    cache->read(0, 5, [&](const KVBlock& b) {
+        const int64_t lb = b.k.size(2);
+        ks.push_back(b.k.reshape({n, lb, d}).clone());
+        vs.push_back(b.v.reshape({n, lb, d}).clone());
+        ts.push_back(b.tpos.reshape({n, lb}).clone());
+        ss.push_back(b.spos.reshape({n, lb}).clone());
+        bs.push_back(b.bias.reshape({n, lb}).clone());
+        ids.push_back(b.id.reshape({n, lb}).clone());
+    });
+    ASSERT_GT(ks.size(), 1u);  // several blocks, so rows cross block boundaries
+    const at::Tensor k = at::cat(ks, 1), v = at::cat(vs, 1), tp = at::cat(ts, 1), sp = at::cat(ss, 1);
+    const at::Tensor bias = at::cat(bs, 1), id = at::cat(ids, 1);
+    const KVMeta meta = read_meta(*cache, 0, 5);
+    EXPECT_TRUE(meta.id.equal(id));
+    EXPECT_TRUE(meta.bias.equal(bias));
+    EXPECT_GT(cache->stats().merged_entries, 0);
+    EXPECT_GT(cache->stats().bytes_quant, 0);
+    // Stream 0: every third row; stream 1: rows from both ends; a second set, empty for stream 0.
+    const int64_t L = k.size(1);
+    RowLists a(2), b(2);
+    for (int64_t j = 0; j < L; j += 3)
+        a[0].push_back(j);
+    a[1] = {0, 1, L - 2, L - 1};
+    b[1] = {2};
+    const std::vector<KVRows> got = gather_rows(*cache, 0, 5, {&a, &b});
+    for (int64_t st = 0; st < 2; ++st) {
+        const at::Tensor idx = at::tensor(a[size_t(st)]);
+        const int64_t m = idx.size(0);
+        EXPECT_TRUE(got[0].k[st].narrow(0, 0, m).equal(k[st].index_select(0, idx)));
+        EXPECT_TRUE(got[0].v[st].narrow(0, 0, m).equal(v[st].index_select(0, idx)));
+        EXPECT_TRUE(got[0].tpos[st].narrow(0, 0, m).equal(tp[st].index_select(0, idx)));
+        EXPECT_TRUE(got[0].spos[st].narrow(0, 0, m).equal(sp[st].index_select(0, idx)));
+        EXPECT_TRUE(got[0].bias[st].narrow(0, 0, m).equal(bias[st].index_select(0, idx)));
+        // Padding rows are masked out.
+        if (m < got[0].bias.size(1)) {
+            EXPECT_TRUE(std::isinf(got[0].bias[st][m].item<float>()));
+        }
+    }
+    EXPECT_EQ(got[1].k.size(1), 1);
+    EXPECT_TRUE(got[1].k[1][0].equal(k[1][2]));
+    EXPECT_TRUE(std::isinf(got[1].bias[0][0].item<float>()));
+    // A row past the end is an error, not a silent zero.
+    RowLists bad(2);
+    bad[0] = {L};
+    EXPECT_THROW(gather_rows(*cache, 0, 5, {&bad}), std::runtime_error);
+}
+
+TEST(AnnSelection, CompactRenumbersIntoDistinctRows) {
+    // [S=2, Lq=2, K=3]
+    const at::Tensor sel = at::tensor(std::vector<int64_t>{7, 3, -1, 3, 9, 7, 5, -1, -1, -1, -1, -1}).view({2, 2, 3});
+    std::vector<std::vector<int64_t>> rows;
+    const at::Tensor c = compact_selection(sel, &rows);
+    EXPECT_EQ(rows[0], (std::vector<int64_t>{3, 7, 9}));
+    EXPECT_EQ(rows[1], (std::vector<int64_t>{5}));
+    const at::Tensor want = at::tensor(std::vector<int64_t>{1, 0, -1, 0, 2, 1, 0, -1, -1, -1, -1, -1}).view({2, 2, 3});
+    EXPECT_TRUE(c.equal(want));
 }

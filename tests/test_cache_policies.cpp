@@ -273,6 +273,7 @@ TEST(CachePolicies, PolicyParsing) {
     EXPECT_THROW(parse_policy("window+bogus"), std::runtime_error);
     EXPECT_THROW(parse_policy("int4+int8"), std::runtime_error);
     EXPECT_THROW(parse_cache_spec("full", "flowcache"), std::runtime_error);
+    EXPECT_THROW(parse_cache_spec("window:sink=1,recent=6", "flowcache", "int4"), std::runtime_error);
     EXPECT_THROW(parse_cache_spec("window:recent=0"), std::runtime_error);
     EXPECT_THROW(parse_cache_spec("full", "tempcache:tau=2"), std::runtime_error);
     EXPECT_THROW(parse_cache_spec("full", "", "int3"), std::runtime_error);

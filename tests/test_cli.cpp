@@ -314,6 +314,16 @@ TEST_F(Cli, EvalTinyworldScoresWorldVideo) {
     auto j = nlohmann::json::parse(r.out);
     EXPECT_GE(j["videos"][0]["overall"].get<double>(), 0.95) << r.out;
     EXPECT_EQ(j["summary"]["all"]["videos"], 1);
+    // A window of the video: --start skips, --frames bounds; past the end is an error naming the frame.
+    r = run("eval tinyworld " + path("w.mp4") + " -p '" + prompt + "' --start 40 --frames 6");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["videos"][0]["frames"], 6) << r.out;
+    r = run("eval tinyworld " + path("w.mp4") + " -p '" + prompt + "' --start 100");
+    EXPECT_NE(r.rc, 0);
+    EXPECT_NE(r.err.find("from frame 100"), std::string::npos) << r.err;
+    r = run("eval fidelity " + path("w.mp4") + " " + path("w.mp4") + " --frames 10");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["videos"][0]["frames"], 10) << r.out;
 }
 
 }  // namespace

@@ -72,7 +72,7 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
     sub->add_option("--merge", s.merge,
                     "merge near-duplicate cache entries: none, tempcache[:tau=0.95,radius=0] (keys of consecutive "
                     "frames with cosine >= tau share one entry with a +log(count) logit bias) or flowcache[:keep=0.1] "
-                    "(old low-importance frames collapse to one mean entry)");
+                    "(old low-importance frames collapse to one mean entry; window caches, without --kv-quant)");
     sub->add_option("--kv-quant", s.kv_quant,
                     "quantized cache storage: none, int8, int4, int4-kivi (keys per channel, values per token, "
                     "recent frames in full precision) or int4-hadamard (block Hadamard rotation, then token-wise "
