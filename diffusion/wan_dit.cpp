@@ -203,8 +203,9 @@ at::Tensor WanDit::ann_self_attention(int layer,
                                       retrieved.bias, sel_c);
     ann_stats_.attend_s += seconds() - t0;
     ann_stats_.local_keys += local.k.size(1);
-    if (ann_spec_.recall > 0) {
-        // Recall needs every key: a measurement mode, it gathers the whole layer.
+    if (ann_spec_.recall > 0 && sel.size(2) > 0) {
+        // Recall needs every key: a measurement mode, it gathers the whole layer. Calls with nothing to retrieve
+        // are not counted (their recall is trivially 1).
         RowLists all(static_cast<size_t>(S));
         for (auto& rows : all)
             for (int64_t j = 0; j < meta.id.size(1); ++j)

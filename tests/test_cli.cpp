@@ -298,6 +298,31 @@ TEST_F(Cli, WanLayoutFolderWithSelfForcingCheckpoint) {
     EXPECT_FALSE(exists(path("p.mp4")));
 }
 
+// AnnSA's recall and softmax-mass coverage on a real tinyworld cache (the shipped model, full cache so that older
+// entries pile up): an exact index finds every true top key; an approximate one (LSH, short codes) finds fewer.
+TEST_F(Cli, AnnRecallOnTinyworldCaches) {
+    auto recall_of = [&](const std::string& attn, double* mass) {
+        const std::string out = path("ann_" + std::to_string(std::hash<std::string>()(attn)) + ".mp4");
+        Result r =
+            run("generate -p 'a red circle moving right on a black background' -n 57 --threads 1 --cache full "
+                "--attn '" +
+                attn + "' -o " + out);
+        EXPECT_EQ(r.rc, 0) << r.err;
+        std::ifstream in(out + ".json");
+        const auto rec = nlohmann::json::parse(in);
+        *mass = rec["ann"]["mass"].get<double>();
+        return rec["ann"]["recall"].get<double>();
+    };
+    double mass_flat = 0, mass_lsh = 0;
+    const double flat = recall_of("ann:index=flat,k=8,local=0,sink=0,recall=8", &mass_flat);
+    const double lsh = recall_of("ann:index=lsh,bits=16,k=8,local=0,sink=0,center=0,recall=8", &mass_lsh);
+    EXPECT_GT(flat, 0.999);
+    EXPECT_GT(mass_flat, 0.0);
+    EXPECT_LE(mass_flat, 1.0 + 1e-6);
+    EXPECT_LT(lsh, flat);  // 16-bit codes cannot rank every query's keys exactly
+    EXPECT_GT(mass_lsh, 0.0);
+}
+
 // The evaluator through the CLI, on a video rendered by the world itself (so adherence must be ~1).
 TEST_F(Cli, EvalTinyworldScoresWorldVideo) {
     const std::string prompt = "a yellow square moving down on a navy background";
