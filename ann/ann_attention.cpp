@@ -366,24 +366,34 @@ at::Tensor ann_cross_attention(const at::Tensor& q,
                                const at::Tensor& k,
                                const at::Tensor& v,
                                int64_t tokens_per_frame,
-                               int64_t top_k) {
-    // q: [B, L, N, D], k, v: [B, T, N, D]
+                               int64_t top_k,
+                               const at::Tensor& bias) {
+    // q: [B, L, N, D], k, v: [B, T, N, D], bias: [B, T]
     const int64_t b = q.size(0), l = q.size(1), n = q.size(2), d = q.size(3), t = k.size(1);
     const int64_t s = tokens_per_frame, f = l / s;
     if (f * s != l)
         throw std::runtime_error("AnnCA: query count is not a multiple of the tokens per frame");
+    if (bias.defined() && (bias.dim() != 2 || bias.size(0) != b || bias.size(1) != t))
+        throw std::runtime_error("AnnCA: bias must be [B, T]");
     const int64_t kk = std::min(top_k, t);
+    const double scale = 1.0 / std::sqrt(double(d));
     at::Tensor qh = q.permute({0, 2, 1, 3}).reshape({b, n, f, s, d});  // [B, N, F, S, D]
     at::Tensor kh = k.permute({0, 2, 1, 3});                           // [B, N, T, D]
     at::Tensor vh = v.permute({0, 2, 1, 3});
-    // Token relevance for a frame: its mean query against each prompt key (a sketch of the frame's queries).
-    at::Tensor score = at::matmul(qh.mean(3), kh.transpose(2, 3));  // [B, N, F, T]
-    at::Tensor idx = std::get<1>(score.topk(kk, -1));               // [B, N, F, kk]
+    at::Tensor bh = bias.defined() ? bias.to(q.scalar_type()).view({b, 1, 1, t}) : at::Tensor();
+    // Token relevance for a frame: its mean query against each prompt key (a sketch of the frame's queries), plus
+    // the row's bias, so a row standing for many identical ones weighs what they weigh together.
+    at::Tensor score = at::matmul(qh.mean(3), kh.transpose(2, 3)).mul_(scale);  // [B, N, F, T]
+    if (bh.defined())
+        score = score + bh;
+    at::Tensor idx = std::get<1>(score.topk(kk, -1));  // [B, N, F, kk]
     at::Tensor gi = idx.unsqueeze(-1).expand({b, n, f, kk, d});
     at::Tensor ks = kh.unsqueeze(2).expand({b, n, f, t, d}).gather(3, gi);  // [B, N, F, kk, D]
     at::Tensor vs = vh.unsqueeze(2).expand({b, n, f, t, d}).gather(3, gi);
-    at::Tensor p = at::softmax(at::matmul(qh, ks.transpose(3, 4)).mul_(1.0 / std::sqrt(double(d))), -1);
-    at::Tensor o = at::matmul(p, vs);  // [B, N, F, S, D]
+    at::Tensor logits = at::matmul(qh, ks.transpose(3, 4)).mul_(scale);  // [B, N, F, S, kk]
+    if (bh.defined())
+        logits = logits + bh.expand({b, n, f, t}).gather(3, idx).unsqueeze(3);
+    at::Tensor o = at::matmul(at::softmax(logits, -1), vs);  // [B, N, F, S, D]
     return o.reshape({b, n, l, d}).permute({0, 2, 1, 3}).contiguous();
 }
 

@@ -107,12 +107,14 @@ at::Tensor pad_rows(const std::vector<std::vector<int64_t>>& rows);
 at::Tensor compact_selection(const at::Tensor& sel, std::vector<std::vector<int64_t>>* rows);
 
 // Cross-attention restricted per frame. q: [B, L, N, D] with L = frames * tokens_per_frame (frame-major);
-// k, v: [B, T, N, D] prompt keys/values. Returns [B, L, N, D]. k >= T gives dense attention exactly.
+// k, v: [B, T, N, D] prompt keys/values; bias: [B, T] logit bias (log multiplicity of a row standing for several
+// identical ones, -inf for none) or undefined. Returns [B, L, N, D]. k >= T gives dense attention exactly.
 at::Tensor ann_cross_attention(const at::Tensor& q,
                                const at::Tensor& k,
                                const at::Tensor& v,
                                int64_t tokens_per_frame,
-                               int64_t top_k);
+                               int64_t top_k,
+                               const at::Tensor& bias = at::Tensor());
 
 struct RecallStats {
     double recall = 0;  // share of each query's true top-n keys among those it attends, averaged

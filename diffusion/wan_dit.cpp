@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 #include "cache/kv_gather.h"
@@ -96,9 +97,44 @@ void WanDit::set_context(const at::Tensor& ctx) {
         c = at::cat({c, at::zeros({c.size(0), cfg_.text_len - c.size(1), c.size(2)}, c.options())}, 1);
     context_emb_ = text2_.forward(gelu_tanh(text0_.forward(c)));  // [B, text_len, dim]
     const int64_t b = c.size(0), n = cfg_.num_heads, d = cfg_.head_dim();
+    // Zero rows (the padding) all give the same K and V: AnnCA sees them folded into one row with a +log(count)
+    // bias, exact, so that k need only cover the prompt's own tokens plus one.
+    const at::Tensor zero = c.eq(0).all(-1).to(at::kCPU).contiguous();  // [B, text_len]
+    const bool* zp = zero.data_ptr<bool>();
+    std::vector<std::vector<int64_t>> keep(static_cast<size_t>(b));
+    std::vector<std::vector<float>> mult(static_cast<size_t>(b));
+    size_t width = 1;
+    for (int64_t i = 0; i < b; ++i) {
+        int64_t zeros = 0, first = -1;
+        for (int64_t j = 0; j < cfg_.text_len; ++j) {
+            if (zp[i * cfg_.text_len + j]) {
+                first = first < 0 ? j : first;
+                ++zeros;
+            } else {
+                keep[size_t(i)].push_back(j);
+                mult[size_t(i)].push_back(1.f);
+            }
+        }
+        if (zeros > 0) {
+            keep[size_t(i)].push_back(first);
+            mult[size_t(i)].push_back(float(zeros));
+        }
+        width = std::max(width, keep[size_t(i)].size());
+    }
+    at::Tensor rows = at::zeros({b, int64_t(width)}, at::kLong);
+    at::Tensor bias = at::full({b, int64_t(width)}, -std::numeric_limits<float>::infinity(), at::kFloat);
+    for (int64_t i = 0; i < b; ++i)
+        for (size_t j = 0; j < keep[size_t(i)].size(); ++j) {
+            rows[i][int64_t(j)] = keep[size_t(i)][j];
+            bias[i][int64_t(j)] = std::log(mult[size_t(i)][j]);
+        }
+    cross_bias_ = bias.to(device_);
+    const at::Tensor gi = rows.to(device_).view({b, int64_t(width), 1, 1}).expand({b, int64_t(width), n, d});
     for (WanBlock& blk : blocks_) {
         blk.cross_kc = maybe_rms(blk.cross_norm_k, blk.cross_k.forward(context_emb_)).view({b, cfg_.text_len, n, d});
         blk.cross_vc = blk.cross_v.forward(context_emb_).view({b, cfg_.text_len, n, d});
+        blk.cross_kc_folded = blk.cross_kc.gather(1, gi);
+        blk.cross_vc_folded = blk.cross_vc.gather(1, gi);
     }
 }
 
@@ -326,7 +362,8 @@ at::Tensor WanDit::forward(const at::Tensor& x_in,
         at::Tensor hc = maybe_ln(blk.norm3, x);
         record(trace, p + "cross_attn.in", hc);
         at::Tensor cq = maybe_rms(blk.cross_norm_q, blk.cross_q.forward(hc)).view({b, l, n, d});
-        at::Tensor ya = cross_spec_.enabled ? ann_cross_attention(cq, blk.cross_kc, blk.cross_vc, s, cross_spec_.k)
+        at::Tensor ya = cross_spec_.enabled ? ann_cross_attention(cq, blk.cross_kc_folded, blk.cross_vc_folded, s,
+                                                                  cross_spec_.k, cross_bias_)
                                             : attention(cq, blk.cross_kc, blk.cross_vc);
         at::Tensor yc = blk.cross_o.forward(ya.reshape({b, l, dim}));
         record(trace, p + "cross_attn.out", yc);

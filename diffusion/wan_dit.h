@@ -30,6 +30,9 @@ struct WanBlock {
     RMSNorm cross_norm_q, cross_norm_k;
     Linear ffn0, ffn2;
     at::Tensor cross_kc, cross_vc;  // cached text K, V [B, text_len, N, D] (set_context)
+    // The same with the zero padding rows (identical K, V) folded into one row per batch: [B, T', N, D], attended
+    // with WanDit::cross_bias_ (AnnCA: padding then costs one candidate, exactly).
+    at::Tensor cross_kc_folded, cross_vc_folded;
 };
 
 class WanDit {
@@ -103,6 +106,7 @@ class WanDit {
     at::Tensor head_modulation_;  // [1, 2, dim]
     Linear head_;
     at::Tensor context_emb_;  // [B, text_len, dim]
+    at::Tensor cross_bias_;   // [B, T'] log multiplicity of the folded cross K/V rows, -inf padding
     // RoPE table of the cached keys, reused while the held frames do not change (same for every layer).
     mutable at::Tensor key_pos_memo_;
     mutable RopeTable key_table_memo_;

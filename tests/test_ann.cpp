@@ -144,6 +144,43 @@ TEST(AnnCrossAttention, FullKEqualsDenseAndPartialDiffers) {
     EXPECT_GT((ann_cross_attention(q, k, v, s, 3) - ref).abs().max().item<double>(), 1e-3);
 }
 
+// A row standing for m identical rows, with bias log(m), is attended exactly like the m rows (the DiT folds the
+// prompt's zero padding that way); and the selection counts its multiplicity.
+TEST(AnnCrossAttention, FoldedRowsWithLogBiasEqualDense) {
+    at::manual_seed(6);
+    const int64_t b = 1, f = 2, s = 4, n = 2, d = 8, t = 5, copies = 9;
+    at::Tensor q = at::randn({b, f * s, n, d}), k = at::randn({b, t, n, d}), v = at::randn({b, t, n, d});
+    // Dense reference: row t-1 repeated `copies` times.
+    at::Tensor kr = at::cat({k, k.narrow(1, t - 1, 1).expand({b, copies - 1, n, d})}, 1);
+    at::Tensor vr = at::cat({v, v.narrow(1, t - 1, 1).expand({b, copies - 1, n, d})}, 1);
+    at::Tensor ref = attention(q, kr, vr);
+    at::Tensor bias = at::zeros({b, t});
+    bias[0][t - 1] = std::log(double(copies));
+    EXPECT_LT((ann_cross_attention(q, k, v, s, t, bias) - ref).abs().max().item<double>(), 1e-5);
+    EXPECT_GT((ann_cross_attention(q, k, v, s, t) - ref).abs().max().item<double>(), 1e-3);  // the bias matters
+}
+
+// The DiT folds the zero rows of a short prompt: AnnCA with k = prompt tokens + 1 is exact.
+TEST(AnnCrossAttention, DitShortPromptFoldsPadding) {
+    WanDitConfig cfg;
+    cfg.dim = 64, cfg.ffn_dim = 128, cfg.freq_dim = 32, cfg.text_dim = 32, cfg.text_len = 12;
+    cfg.num_heads = 4, cfg.num_layers = 2;
+    TensorMap w = random_wan_dit_weights(cfg, 8);
+    WanDit dense(cfg, w, at::kCPU, at::kFloat), ann(cfg, w, at::kCPU, at::kFloat), small(cfg, w, at::kCPU, at::kFloat);
+    ann.set_attention(AnnAttentionSpec(), parse_cross_attn_spec("ann:k=4"));
+    small.set_attention(AnnAttentionSpec(), parse_cross_attn_spec("ann:k=2"));
+    at::manual_seed(9);
+    at::Tensor ctx = at::randn({1, 3, 32});  // 3 tokens, 9 rows of padding
+    for (WanDit* m : {&dense, &ann, &small})
+        m->set_context(ctx);
+    auto c1 = make_full_cache(2), c2 = make_full_cache(2), c3 = make_full_cache(2);
+    at::Tensor x = at::randn({1, 2, 16, 8, 8});
+    at::Tensor t = at::full({1, 2}, 500.0);
+    at::Tensor yd = dense.forward(x, t, 0, *c1);
+    EXPECT_LT((ann.forward(x, t, 0, *c2) - yd).abs().max().item<double>(), 1e-4);
+    EXPECT_GT((small.forward(x, t, 0, *c3) - yd).abs().max().item<double>(), 1e-3);
+}
+
 TEST(AnnSpec, ParsesAndRejects) {
     EXPECT_FALSE(parse_attn_spec("dense").enabled);
     EXPECT_FALSE(parse_attn_spec("").enabled);
