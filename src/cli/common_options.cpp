@@ -90,7 +90,8 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
                     "topk are exact)");
     sub->add_option("--cross-attn", s.cross_attn,
                     "cross-attention to the prompt: dense (default), or ann[:k=32] (AnnCA: each latent frame "
-                    "attends only to the k prompt tokens that score highest against its mean query)");
+                    "attends only to the k prompt tokens that score highest against its mean query; the prompt's zero "
+                    "padding counts as one token with a +log(count) bias, exactly)");
 }
 
 void add_output_options(CLI::App* sub, OutputOptions& o) {
