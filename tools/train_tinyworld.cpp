@@ -65,6 +65,7 @@ struct Options {
     int dit_dim = 128, dit_layers = 4, dit_heads = 4, dit_ffn = 512, text_dim = 64, text_layers = 2, text_len = 24;
     int dit_batch = 16, chunks = 4, clips_per_prompt = 2, latent_clips = 0;
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
+    double dit_obj_weight = 1.0;  // flow-matching loss weight of latent cells an object touches
     // eval
     int eval_frames = 160, eval_prompts = 48;
     std::string eval_cache = "window";  // window (recent = trained context) | full
@@ -391,6 +392,7 @@ void stage_vae(const Options& o, double minutes) {
 
 struct LatentSet {
     at::Tensor lat;                  // [N, F, C, h, w] normalized latents, pipeline layout
+    at::Tensor obj;                  // [N, F, 1, h, w] 1 where the object touches the latent cell's pixels
     std::vector<int64_t> prompt_of;  // clip -> index into prompts
 };
 
@@ -404,8 +406,9 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
         o.latent_clips > 0 ? int64_t(o.latent_clips) : int64_t(prompts.size()) * int64_t(o.clips_per_prompt);
     if (file_exists(path)) {
         TensorMap m = load_safetensors(path);
-        if (m.count("latents") && m["latents"].size(1) == f && m["latents"].size(0) == n_clips) {
+        if (m.count("latents") && m.count("object") && m["latents"].size(1) == f && m["latents"].size(0) == n_clips) {
             s.lat = m["latents"].clone();
+            s.obj = m["object"].clone();
             at::Tensor p = m["prompt"];
             for (int64_t i = 0; i < p.size(0); ++i)
                 s.prompt_of.push_back(p[i].item<int64_t>());
@@ -423,9 +426,17 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
                      vinv = vw.at("scale.inv_std").view({1, -1, 1, 1, 1});
     auto encode = [&](const at::Tensor& v) { return (tvae.encode(v) - vmean) * vinv; };
     const int t = int(1 + 4 * (f - 1));
-    std::vector<at::Tensor> all;
+    std::vector<at::Tensor> all, objs;
     std::vector<at::Tensor> vs;
     std::vector<int64_t> pidx;
+    // Pixel mask [1, T, H, W] -> latent cells [F, 1, h, w]: frame 0 alone, then groups of 4 (the VAE's causal
+    // temporal grouping), max over each 8x8 patch.
+    auto latent_mask = [&](const at::Tensor& m) {
+        at::Tensor first = m.narrow(1, 0, 1);
+        at::Tensor rest = m.narrow(1, 1, t - 1).reshape({1, f - 1, 4, m.size(2), m.size(3)}).amax(2);
+        at::Tensor g = at::cat({first, rest}, 1);                             // [1, F, H, W]
+        return at::max_pool2d(g, {8, 8}).permute({1, 0, 2, 3}).contiguous();  // [F, 1, h, w]
+    };
     const double t0 = now_s();
     // Clip i shows prompt i mod n (every prompt equally often, in a seeded shuffled order).
     std::vector<size_t> order(prompts.size());
@@ -438,9 +449,10 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
         SceneSpec sc = parse_prompt(prompts[p]);
         {
             std::mt19937_64 rng(mix_seed(o.seed, 5, uint64_t(i)));
-            at::Tensor v;
-            render_clip(sc, rng(), int64_t(rng() % 4096), t, &v, nullptr);
+            at::Tensor v, m;
+            render_clip(sc, rng(), int64_t(rng() % 4096), t, &v, &m);
             vs.push_back(v);
+            objs.push_back(latent_mask(m));
             pidx.push_back(int64_t(p));
             if (vs.size() == 8) {
                 all.push_back(encode(at::stack(vs)).permute({0, 2, 1, 3, 4}).contiguous());
@@ -455,9 +467,10 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
     if (!vs.empty())
         all.push_back(encode(at::stack(vs)).permute({0, 2, 1, 3, 4}).contiguous());
     s.lat = at::cat(all, 0);
+    s.obj = at::stack(objs);
     s.prompt_of = pidx;
     make_dirs(o.state + "/cache");
-    save_safetensors(path, {{"latents", s.lat}, {"prompt", at::tensor(pidx)}});
+    save_safetensors(path, {{"latents", s.lat}, {"object", s.obj}, {"prompt", at::tensor(pidx)}});
     std::printf("dit: encoded %lld clips of %d frames in %.0f s; latent std %.3f\n", (long long)s.lat.size(0), t,
                 now_s() - t0, s.lat.std().item<double>());
     return s;
@@ -566,16 +579,21 @@ void stage_dit(const Options& o, double minutes) {
         std::mt19937_64 rng(mix_seed(o.seed, 3, uint64_t(step)));
         at::Generator gen = make_gen(mix_seed(o.seed, 4, uint64_t(step)));
         const int64_t B = o.dit_batch;
-        std::vector<at::Tensor> xs;
+        std::vector<at::Tensor> xs, ws;
         std::vector<TokenBatch> bt;
         for (int64_t b = 0; b < B; ++b) {
             int64_t c = int64_t(rng() % uint64_t(n_clips));
             // The world wraps around and the seed only sets start positions: a whole-cell torus shift of the
             // latents is (nearly) another clip of the same prompt.
-            xs.push_back(data.lat[c].roll({int64_t(rng() % 8), int64_t(rng() % 8)}, {2, 3}));
+            const int64_t sh = int64_t(rng() % 8), sw = int64_t(rng() % 8);
+            xs.push_back(data.lat[c].roll({sh, sw}, {2, 3}));
+            ws.push_back(data.obj[c].roll({sh, sw}, {2, 3}));
             bt.push_back(toks[size_t(data.prompt_of[size_t(c)])]);
         }
         at::Tensor x0 = at::stack(xs);  // [B, F, C, h, w]
+        // Loss weights [B, F, 1, h, w]: objects cover a few of the 64 cells of a latent frame, so an unweighted
+        // loss is won by the background. The weighting moves no per-cell optimum, only where capacity goes.
+        at::Tensor wt = 1.0 + (o.dit_obj_weight - 1.0) * at::stack(ws);
         UMT5Encoder enc(text, tcfg, c10::kCPU, at::kFloat);
         WanDit model(dcfg, dit, c10::kCPU, at::kFloat);
         model.set_context(encode_text(enc, bt, o.text_len));
@@ -592,7 +610,8 @@ void stage_dit(const Options& o, double minutes) {
             at::Tensor noise = at::randn(xk.sizes(), gen, xk.options());
             at::Tensor xt = (1 - sigma) * xk + sigma * noise;
             at::Tensor flow = model.forward(xt, t, k * kChunk, cache);  // [B, 3, C, h, w]
-            loss = loss + (flow - (noise - xk)).pow(2).mean();
+            at::Tensor wk = wt.narrow(1, k * kChunk, kChunk);
+            loss = loss + ((flow - (noise - xk)).pow(2) * wk).mean() / wk.mean();
             if (k + 1 < o.chunks) {
                 // Context pass (what inference's cache pass writes): the clean chunk at t=0, or lightly noised.
                 at::Tensor xc = xk;
@@ -779,6 +798,8 @@ int main(int argc, char** argv) {
     app.add_option("--text-len", o.text_len);
     app.add_option("--dit-batch", o.dit_batch);
     app.add_option("--dit-lr", o.dit_lr);
+    app.add_option("--dit-obj-weight", o.dit_obj_weight,
+                   "flow-matching loss weight of latent cells an object touches (1: unweighted)");
     app.add_option("--chunks", o.chunks, "chunks of 3 latent frames per training clip");
     app.add_option("--clips-per-prompt", o.clips_per_prompt, "cached latent clips per training prompt");
     app.add_option("--latent-clips", o.latent_clips, "cached latent clips in all (0: clips-per-prompt x prompts)");
