@@ -312,6 +312,23 @@ at::Tensor AnnSelfAttention::search(const at::Tensor& q, AnnStats* stats) {
     return sel;
 }
 
+void AnnSelfAttention::record_recall(const at::Tensor& q,
+                                     const at::Tensor& k,
+                                     const at::Tensor& bias,
+                                     const at::Tensor& sel,
+                                     AnnStats* stats) const {
+    // q: [S, Lq, D], k: [S, L, D], bias: [S, L], sel: [S, Lq, K]
+    if (!stats || spec_.recall <= 0 || sel.size(2) == 0)
+        return;
+    // Everything a query attends: its retrieved rows and the local rows.
+    const at::Tensor lrows = pad_rows(local_rows_);
+    const at::Tensor attended = at::cat({sel, lrows.unsqueeze(1).expand({sel.size(0), sel.size(1), lrows.size(1)})}, 2);
+    const RecallStats r = measure_recall(q, k, bias, attended, spec_.recall);
+    stats->recall_sum += r.recall;
+    stats->mass_sum += r.mass;
+    stats->measured += 1;
+}
+
 at::Tensor AnnSelfAttention::attend(const at::Tensor& q,
                                     const at::Tensor& k,
                                     const at::Tensor& v,
@@ -321,7 +338,7 @@ at::Tensor AnnSelfAttention::attend(const at::Tensor& q,
                                     const at::Tensor& index_k_in,
                                     AnnStats* stats) {
     // q: [S, Lq, D], k, v, index_k: [S, L, D], bias: [S, L], id: [S, L], local: [S, L]
-    const int64_t S = q.size(0), lq = q.size(1), d = q.size(2), L = k.size(1);
+    const int64_t S = q.size(0), d = q.size(2), L = k.size(1);
     if (k.size(0) != S || id.size(0) != S || id.size(1) != L)
         throw std::runtime_error("AnnSA: expected q [S,Lq,D], k/v [S,L,D], bias/id/local [S,L]");
     const at::Tensor& index_k = index_k_in.defined() ? index_k_in : k;
@@ -346,14 +363,7 @@ at::Tensor AnnSelfAttention::attend(const at::Tensor& q,
     const double te = now_s();
     last_sel_ = sel;
     last_local_ = lrows;
-    if (stats && spec_.recall > 0) {
-        // Everything a query attends: its retrieved rows and the local rows.
-        at::Tensor attended = at::cat({sel, lrows.unsqueeze(1).expand({S, lq, ll})}, 2);
-        RecallStats r = measure_recall(q, k, bias, attended, spec_.recall);
-        stats->recall_sum += r.recall;
-        stats->mass_sum += r.mass;
-        stats->measured += 1;
-    }
+    record_recall(q, k, bias, sel, stats);
     if (stats) {
         stats->local_keys += ll;
         stats->gather_s += ts - tg;

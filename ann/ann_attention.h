@@ -67,6 +67,15 @@ class AnnSelfAttention {
     // q: [S, Lq, D] roped queries -> [S, Lq, K] rows of the pool entries each query attends (-1 none),
     // K = min(k, largest pool). A stream whose pool fits in K attends to all of it without a search (exact).
     at::Tensor search(const at::Tensor& q, AnnStats* stats = nullptr);
+    // With spec.recall: adds to stats the recall and softmax mass of what the last sync/search attends. q: the
+    // searched queries; k, bias: [S, L, D] / [S, L] every entry in sync's row order (k roped); sel: search's result.
+    // Calls with nothing to retrieve are not counted (their recall is trivially 1).
+    void record_recall(const at::Tensor& q,
+                       const at::Tensor& k,
+                       const at::Tensor& bias,
+                       const at::Tensor& sel,
+                       AnnStats* stats) const;
+    bool measures_recall() const { return spec_.recall > 0; }
 
     // q: [S, Lq, D] roped queries; k, v: [S, L, D] every entry as attention sees it (k roped); bias: [S, L] (-inf =
     // empty); id: [S, L] int64 stable entry ids (-1 empty); local: [S, L] bool entries attended exactly;

@@ -228,7 +228,6 @@ at::Tensor WanDit::ann_self_attention(int layer,
 
     // Gather the rows any query retrieved, once each.
     t0 = seconds();
-    const int64_t S = b * n;
     RowLists pool;
     const at::Tensor sel_c = compact_selection(sel, &pool);
     const KVRows retrieved = gather_rows(cache, layer, kCacheReadBlock, {&pool})[0];
@@ -239,20 +238,14 @@ at::Tensor WanDit::ann_self_attention(int layer,
                                       retrieved.bias, sel_c);
     ann_stats_.attend_s += seconds() - t0;
     ann_stats_.local_keys += local.k.size(1);
-    if (ann_spec_.recall > 0 && sel.size(2) > 0) {
-        // Recall needs every key: a measurement mode, it gathers the whole layer. Calls with nothing to retrieve
-        // are not counted (their recall is trivially 1).
-        RowLists all(static_cast<size_t>(S));
+    if (ann.measures_recall() && sel.size(2) > 0) {
+        // Recall needs every key: a measurement mode, it gathers the whole layer.
+        RowLists all(static_cast<size_t>(b * n));
         for (auto& rows : all)
             for (int64_t j = 0; j < meta.id.size(1); ++j)
                 rows.push_back(j);
         const KVRows everything = gather_rows(cache, layer, kCacheReadBlock, {&all})[0];
-        const at::Tensor lrows = pad_rows(ann.local_rows());
-        const at::Tensor attended = at::cat({sel, lrows.unsqueeze(1).expand({S, l, lrows.size(1)})}, 2);
-        const RecallStats r = measure_recall(qh, roped(everything, 0.0), everything.bias, attended, ann_spec_.recall);
-        ann_stats_.recall_sum += r.recall;
-        ann_stats_.mass_sum += r.mass;
-        ann_stats_.measured += 1;
+        ann.record_recall(qh, roped(everything, 0.0), everything.bias, sel, &ann_stats_);
     }
     return out.view({b, n, l, d}).permute({0, 2, 1, 3}).to(q.scalar_type());
 }

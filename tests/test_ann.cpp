@@ -36,6 +36,14 @@ at::Tensor random_bias(int64_t s, int64_t l) {
     return b.masked_fill(at::rand({s, l}).lt(0.1), -std::numeric_limits<float>::infinity());
 }
 
+// A 2-layer, 4-head DiT small enough for exactness tests; text_dim 32.
+WanDitConfig tiny_dit_config(int64_t text_len) {
+    WanDitConfig cfg;
+    cfg.dim = 64, cfg.ffn_dim = 128, cfg.freq_dim = 32, cfg.text_dim = 32, cfg.text_len = text_len;
+    cfg.num_heads = 4, cfg.num_layers = 2;
+    return cfg;
+}
+
 }  // namespace
 
 TEST(SparseAttention, AllPoolRowsEqualDense) {
@@ -162,9 +170,7 @@ TEST(AnnCrossAttention, FoldedRowsWithLogBiasEqualDense) {
 
 // The DiT folds the zero rows of a short prompt: AnnCA with k = prompt tokens + 1 is exact.
 TEST(AnnCrossAttention, DitShortPromptFoldsPadding) {
-    WanDitConfig cfg;
-    cfg.dim = 64, cfg.ffn_dim = 128, cfg.freq_dim = 32, cfg.text_dim = 32, cfg.text_len = 12;
-    cfg.num_heads = 4, cfg.num_layers = 2;
+    const WanDitConfig cfg = tiny_dit_config(12);
     TensorMap w = random_wan_dit_weights(cfg, 8);
     WanDit dense(cfg, w, at::kCPU, at::kFloat), ann(cfg, w, at::kCPU, at::kFloat), small(cfg, w, at::kCPU, at::kFloat);
     ann.set_attention(AnnAttentionSpec(), parse_cross_attn_spec("ann:k=4"));
@@ -209,9 +215,7 @@ TEST(AnnSpec, ParsesAndRejects) {
 class AnnDitPolicies : public ::testing::TestWithParam<std::tuple<std::string, std::string, int>> {};
 
 TEST_P(AnnDitPolicies, FullKMatchesDense) {
-    WanDitConfig cfg;
-    cfg.dim = 64, cfg.ffn_dim = 128, cfg.freq_dim = 32, cfg.text_dim = 32, cfg.text_len = 8;
-    cfg.num_heads = 4, cfg.num_layers = 2;
+    const WanDitConfig cfg = tiny_dit_config(8);
     TensorMap w = random_wan_dit_weights(cfg, 7);
     WanDit dense(cfg, w, at::kCPU, at::kFloat), ann(cfg, w, at::kCPU, at::kFloat), small(cfg, w, at::kCPU, at::kFloat);
     const auto& [cache_arg, merge_arg, local] = GetParam();
