@@ -61,9 +61,11 @@ struct Options {
     std::vector<int> vae_mult{1, 2, 4, 4};
     int vae_dim = 16, vae_res = 1, vae_batch = 2, vae_frames = 33;
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
+    bool vae_decoder_only = false;  // encoder (encoder.*, conv1.*) frozen: the latent space, and so the DiT, stay
     // text encoder + DiT
     int dit_dim = 128, dit_layers = 4, dit_heads = 4, dit_ffn = 512, text_dim = 64, text_layers = 2, text_len = 24;
     int dit_batch = 16, chunks = 4, clips_per_prompt = 2, latent_clips = 0;
+    int latent_extra = 0;  // latent frames encoded past the training window (windows then start mid-clip too)
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
     double dit_obj_weight = 8.0;  // flow-matching loss weight of latent cells an object touches
     // eval
@@ -262,8 +264,10 @@ void latent_stats(const TensorMap& params,
     auto prompts = train_prompts();
     std::mt19937_64 rng(mix_seed(seed, 9, 0));
     std::vector<at::Tensor> mus;
-    for (int i = 0; i < 8; ++i)
-        mus.push_back(vae.encode(vae_batch(prompts, 8, 9, rng).video));  // [8, z, 3, 8, 8]
+    // 33-frame clips: the DiT trains on long clips, and a causal VAE's later latent frames need not share the
+    // first ones' statistics.
+    for (int i = 0; i < 4; ++i)
+        mus.push_back(vae.encode(vae_batch(prompts, 4, 33, rng).video));  // [4, z, 9, 8, 8]
     at::Tensor mu = at::cat(mus, 0).transpose(0, 1).reshape({cfg.z_dim, -1});
     at::Tensor m = mu.mean(1), s = mu.std(1).clamp_min(1e-3);
     mean->assign(m.data_ptr<float>(), m.data_ptr<float>() + cfg.z_dim);
@@ -337,12 +341,22 @@ json eval_vae_recon(const Options& o, const TensorMap& params, const WanVaeConfi
 void stage_vae(const Options& o, double minutes) {
     const WanVaeConfig cfg = vae_config(o);
     TensorMap params = make_trainable(wan_vae_random_weights(cfg, true, o.seed));
-    torch::optim::AdamW opt(param_list(params), torch::optim::AdamWOptions(o.vae_lr).weight_decay(0.0));
+    std::vector<torch::Tensor> trained;
+    for (const auto& kv : params) {
+        const bool encoder = kv.first.rfind("encoder.", 0) == 0 || kv.first.rfind("conv1.", 0) == 0;
+        if (o.vae_decoder_only && encoder)
+            kv.second.requires_grad_(false);
+        else
+            trained.push_back(kv.second);
+    }
+    torch::optim::AdamW opt(trained, torch::optim::AdamWOptions(o.vae_lr).weight_decay(0.0));
     Checkpoint ck{o.state, "vae"};
     int64_t step = 0;
     double trained_s = 0;
     if (o.resume && ck.exists()) {
-        json m = ck.load(params, &opt);
+        // AdamW state is kept per parameter list: it only carries over between runs that train the same tensors.
+        const bool same_list = read_json(ck.meta()).value("decoder_only", false) == o.vae_decoder_only;
+        json m = ck.load(params, same_list ? &opt : nullptr);
         step = m.value("step", int64_t(0));
         trained_s = m.value("trained_s", 0.0);
         std::printf("vae: resumed at step %lld (%.1f min trained)\n", (long long)step, trained_s / 60);
@@ -357,7 +371,8 @@ void stage_vae(const Options& o, double minutes) {
                   {"trained_s", trained_s},
                   {"seed", o.seed},
                   {"config", cfg},
-                  {"train_psnr_ema", psnr_from_mse(ema_mse)}};
+                  {"train_psnr_ema", psnr_from_mse(ema_mse)},
+                  {"decoder_only", o.vae_decoder_only}};
         ck.save(params, opt, m);
         export_vae(o, params, cfg);
     };
@@ -367,7 +382,13 @@ void stage_vae(const Options& o, double minutes) {
         at::Generator gen = make_gen(mix_seed(o.seed, 2, uint64_t(step)));
         VaeBatch b = vae_batch(prompts, o.vae_batch, o.vae_frames, rng);
         TrainVae vae(params, cfg);
-        at::Tensor mu = vae.encode(b.video);  // [B, z, 1 + (T-1)/4, 8, 8]
+        at::Tensor mu;  // [B, z, 1 + (T-1)/4, 8, 8]
+        {
+            c10::optional<torch::NoGradGuard> frozen;
+            if (o.vae_decoder_only)
+                frozen.emplace();
+            mu = vae.encode(b.video);
+        }
         // Small latent noise: the decoder must tolerate the DiT's imperfect latents.
         at::Tensor z = mu + o.latent_noise * at::randn(mu.sizes(), gen, mu.options());
         at::Tensor rec = vae.decode(z);  // [B, 3, T, 64, 64]
@@ -413,7 +434,7 @@ struct LatentSet {
 // Latents of `clips_per_prompt` clips per training prompt, 1 + 4 (F - 1) frames each, encoded once by the
 // exported VAE (normalized with its statistics) and cached under the state folder.
 LatentSet build_latents(const Options& o, const std::vector<std::string>& prompts) {
-    const int64_t f = int64_t(o.chunks) * kChunk;
+    const int64_t f = int64_t(o.chunks) * kChunk + int64_t(o.latent_extra);
     const std::string path = o.state + "/cache/dit_latents.safetensors";
     LatentSet s;
     const int64_t n_clips =
@@ -580,6 +601,7 @@ void stage_dit(const Options& o, double minutes) {
     const std::vector<float> warped = sched.warp_steps({1000, 750, 500, 250});
     const std::vector<float>& table = sched.timesteps();
     const int64_t n_clips = data.lat.size(0);
+    const int64_t win = int64_t(o.chunks) * kChunk, max_off = data.lat.size(1) - win;
     const double t0 = now_s();
     double last_ck = t0, ema = -1;
     auto save = [&]() {
@@ -597,11 +619,17 @@ void stage_dit(const Options& o, double minutes) {
         std::vector<TokenBatch> bt;
         for (int64_t b = 0; b < B; ++b) {
             int64_t c = int64_t(rng() % uint64_t(n_clips));
+            // Half the windows start at the clip's first latent frame (the start of a video), half at a later
+            // chunk boundary: a windowed cache past the first chunks shows the model a context that starts
+            // mid-stream, and it should have seen one.
+            int64_t off = 0;
+            if (max_off > 0 && rng() % 2 == 1)
+                off = kChunk * int64_t(1 + rng() % uint64_t(max_off / kChunk));
             // The world wraps around and the seed only sets start positions: a whole-cell torus shift of the
             // latents is (nearly) another clip of the same prompt.
             const int64_t sh = int64_t(rng() % 8), sw = int64_t(rng() % 8);
-            xs.push_back(data.lat[c].roll({sh, sw}, {2, 3}));
-            ws.push_back(data.obj[c].roll({sh, sw}, {2, 3}));
+            xs.push_back(data.lat[c].narrow(0, off, win).roll({sh, sw}, {2, 3}));
+            ws.push_back(data.obj[c].narrow(0, off, win).roll({sh, sw}, {2, 3}));
             bt.push_back(toks[size_t(data.prompt_of[size_t(c)])]);
         }
         at::Tensor x0 = at::stack(xs);  // [B, F, C, h, w]
@@ -817,6 +845,8 @@ int main(int argc, char** argv) {
     app.add_option("--vae-batch", o.vae_batch);
     app.add_option("--vae-frames", o.vae_frames, "frames per VAE training clip (1 + 4k)");
     app.add_option("--vae-lr", o.vae_lr);
+    app.add_flag("--vae-decoder-only", o.vae_decoder_only,
+                 "train the VAE decoder only (encoder frozen): latents, and a DiT trained on them, stay valid");
     app.add_option("--obj-weight", o.obj_weight, "loss weight of object pixels");
     app.add_option("--edge-weight", o.edge_weight, "weight of the finite-difference (edge) L1 loss");
     app.add_option("--latent-noise", o.latent_noise, "std of the noise added to latents before decoding");
@@ -834,6 +864,12 @@ int main(int argc, char** argv) {
     app.add_option("--chunks", o.chunks, "chunks of 3 latent frames per training clip");
     app.add_option("--clips-per-prompt", o.clips_per_prompt, "cached latent clips per training prompt");
     app.add_option("--latent-clips", o.latent_clips, "cached latent clips in all (0: clips-per-prompt x prompts)");
+    app.add_option("--latent-extra", o.latent_extra,
+                   "latent frames encoded per clip past the chunks x 3 training window (a multiple of 3); half the "
+                   "training windows then start at a later chunk boundary, as a rolling window's context does")
+        ->check([](const std::string& v) {
+            return (std::atoi(v.c_str()) >= 0 && std::atoi(v.c_str()) % 3 == 0) ? "" : "must be a multiple of 3, >= 0";
+        });
     app.add_option("--context-noise", o.context_noise, "timestep of the context (cache) pass in training");
     app.add_option("--warped-share", o.warped_share, "share of timesteps drawn from the 4 inference steps");
     app.add_option("--eval-frames", o.eval_frames);
