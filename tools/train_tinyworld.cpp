@@ -760,8 +760,7 @@ void stage_vae_eval(const Options& o) {
     Checkpoint ck{o.state, "vae"};
     if (!ck.exists())
         throw std::runtime_error("--stage vae-eval: no VAE checkpoint under " + o.state);
-    torch::optim::AdamW opt(param_list(params), torch::optim::AdamWOptions(o.vae_lr));
-    json m = ck.load(params, &opt);
+    json m = ck.load(params, nullptr);
     json r = eval_vae_recon(o, params, cfg, o.eval_prompts);
     r["step"] = m.value("step", int64_t(0));
     std::printf("vae eval: %s\n", r.dump().c_str());
