@@ -43,8 +43,10 @@ CausalRollout::CausalRollout(WanDit& dit, KVCache& cache, RolloutConfig cfg)
 }
 
 void CausalRollout::set_context(const at::Tensor& ctx) {
-    if (ctx.size(0) != cfg_.batch)
-        throw std::runtime_error("rollout: context batch differs from the config's");
+    const int64_t rows = guided() ? 2 * cfg_.batch : cfg_.batch;
+    if (ctx.size(0) != rows)
+        throw std::runtime_error("rollout: context has " + std::to_string(ctx.size(0)) + " rows, expected " +
+                                 std::to_string(rows) + (guided() ? " (conditional + unconditional)" : ""));
     dit_.set_context(ctx);
 }
 
@@ -74,7 +76,17 @@ at::Tensor CausalRollout::noise(NoiseRequest::Kind kind, int step) {
 at::Tensor CausalRollout::call(const at::Tensor& x, float t, int step) {
     // x: [B, F, C, H, W] -> flow [B, F, C, H, W]; returns x0
     at::Tensor ts = at::full({cfg_.batch, cfg_.chunk_frames}, t, at::TensorOptions().dtype(at::kFloat));
-    at::Tensor flow = dit_.forward(x, ts, chunks_done_ * cfg_.chunk_frames, cache_);
+    at::Tensor flow;
+    if (guided()) {
+        // One call on [x; x] keeps both branches' K/V in the same cache, row for row.
+        const int64_t B = cfg_.batch;
+        at::Tensor both = dit_.forward(at::cat({x, x}, 0), at::cat({ts, ts}, 0), chunks_done_ * cfg_.chunk_frames,
+                                       cache_);  // [2B, F, C, H, W]
+        at::Tensor cond = both.narrow(0, 0, B), uncond = both.narrow(0, B, B);
+        flow = uncond + (cond - uncond) * cfg_.guidance;
+    } else {
+        flow = dit_.forward(x, ts, chunks_done_ * cfg_.chunk_frames, cache_);
+    }
     at::Tensor x0 = sched_.flow_to_x0(flow, x, ts);
     if (observer_)
         observer_(CallRecord{calls_done_, chunks_done_, step, x, ts, flow, x0});

@@ -23,6 +23,9 @@ struct RolloutConfig {
     bool warp = true;            // Self-Forcing's warp_denoising_step
     double context_noise = 0.0;  // timestep of the cache pass (x0 re-noised to it when > 0)
     int64_t batch = 1;
+    // Classifier-free guidance: flow = uncond + guidance * (cond - uncond). At 1 the model runs once per step;
+    // otherwise it runs on a doubled batch (conditional rows, then unconditional), and the context must hold 2B rows.
+    double guidance = 1.0;
     int64_t latent_h = 60, latent_w = 104, channels = 16;  // 480x832 video
     uint64_t seed = 0;
 };
@@ -55,7 +58,8 @@ class CausalRollout {
   public:
     CausalRollout(WanDit& dit, KVCache& cache, RolloutConfig cfg);
 
-    // ctx: [B, <= text_len, text_dim] text encoder output; its cross-attention K/V is computed once here.
+    // ctx: [B, <= text_len, text_dim] text encoder output ([2B, ...] with guidance: conditional rows first, then the
+    // empty prompt's); its cross-attention K/V is computed once here.
     void set_context(const at::Tensor& ctx);
     void set_noise_hook(NoiseHook hook) { noise_hook_ = std::move(hook); }
     void set_call_observer(CallObserver obs) { observer_ = std::move(obs); }
@@ -77,6 +81,7 @@ class CausalRollout {
   private:
     at::Tensor noise(NoiseRequest::Kind kind, int step);
     at::Tensor call(const at::Tensor& x, float t, int step);
+    bool guided() const { return cfg_.guidance != 1.0; }
 
     WanDit& dit_;
     KVCache& cache_;

@@ -14,6 +14,9 @@
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
+#if defined(__GLIBC__) || defined(__linux__)
+#include <malloc.h>
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -68,10 +71,14 @@ struct Options {
     int latent_extra = 0;  // latent frames encoded past the training window (windows then start mid-clip too)
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
     double dit_obj_weight = 8.0;  // flow-matching loss weight of latent cells an object touches
+    double text_drop = 0.0;       // share of training clips whose prompt is replaced by "" (classifier-free guidance)
+    double dit_lr_final = -1;     // < 0: constant lr; else cosine from dit_lr at lr_decay_start to this at max_steps
+    int64_t lr_decay_start = 0;
     // eval
     int eval_frames = 160, eval_prompts = 48;
     std::string eval_cache = "window";  // window (recent = trained context) | full
     uint64_t eval_seed = 0;
+    double eval_guidance = 1.0;  // classifier-free guidance scale of the eval rollouts (1: off)
 };
 
 const int kChunk = 3;  // latent frames per chunk (Self-Forcing)
@@ -157,6 +164,16 @@ std::vector<std::string> train_prompts() {
 // lr with a short linear warm-up.
 double lr_at(double base, int64_t step) {
     return base * std::min(1.0, double(step + 1) / 200.0);
+}
+
+// The DiT's lr: warm-up, then constant, or a cosine down to `final` between `decay_start` and `max_steps` (a
+// function of the step alone, so a resumed run follows the same schedule as an uninterrupted one).
+double dit_lr_at(double base, double final, int64_t decay_start, int64_t max_steps, int64_t step) {
+    double lr = lr_at(base, step);
+    if (final < 0 || max_steps <= decay_start || step < decay_start)
+        return lr;
+    const double f = std::min(1.0, double(step - decay_start) / double(max_steps - decay_start));
+    return final + (lr - final) * 0.5 * (1.0 + std::cos(M_PI * f));
 }
 
 void set_lr(torch::optim::AdamW& opt, double lr) {
@@ -565,6 +582,8 @@ void stage_dit(const Options& o, double minutes) {
     std::vector<TokenBatch> toks;
     for (const auto& p : prompts)
         toks.push_back(tok.tokenize(p, o.text_len));
+    // The unconditional prompt of classifier-free guidance: the engine encodes "" the same way.
+    const TokenBatch empty_tok = tok.tokenize("", o.text_len);
     LatentSet data = build_latents(o, prompts);
 
     TensorMap dit = make_trainable(random_wan_dit_weights(dcfg, o.seed + 100));
@@ -630,7 +649,8 @@ void stage_dit(const Options& o, double minutes) {
             const int64_t sh = int64_t(rng() % 8), sw = int64_t(rng() % 8);
             xs.push_back(data.lat[c].narrow(0, off, win).roll({sh, sw}, {2, 3}));
             ws.push_back(data.obj[c].narrow(0, off, win).roll({sh, sw}, {2, 3}));
-            bt.push_back(toks[size_t(data.prompt_of[size_t(c)])]);
+            const bool drop = o.text_drop > 0 && double(rng() % 1000000) / 1e6 < o.text_drop;
+            bt.push_back(drop ? empty_tok : toks[size_t(data.prompt_of[size_t(c)])]);
         }
         at::Tensor x0 = at::stack(xs);  // [B, F, C, h, w]
         // Loss weights [B, F, 1, h, w]: objects cover a few of the 64 cells of a latent frame, so an unweighted
@@ -667,7 +687,8 @@ void stage_dit(const Options& o, double minutes) {
             }
         }
         loss = loss / double(o.chunks);
-        set_lr(opt, lr_at(o.dit_lr, step));
+        const double lr = dit_lr_at(o.dit_lr, o.dit_lr_final, o.lr_decay_start, o.max_steps, step);
+        set_lr(opt, lr);
         opt.zero_grad();
         loss.backward();
         clip_grad(joint, 1.0);
@@ -677,7 +698,8 @@ void stage_dit(const Options& o, double minutes) {
         const double lv = loss.item<double>();
         ema = ema < 0 ? lv : 0.98 * ema + 0.02 * lv;
         if (step % 25 == 0 || step == 1)
-            std::printf("dit step %lld  loss %.4f  (ema %.4f)  %.2f s/step\n", (long long)step, lv, ema, now_s() - ts);
+            std::printf("dit step %lld  loss %.4f  (ema %.4f)  lr %.2e  %.2f s/step\n", (long long)step, lv, ema, lr,
+                        now_s() - ts);
         std::fflush(stdout);
         if (now_s() - last_ck > o.ckpt_minutes * 60) {
             save();
@@ -724,8 +746,11 @@ json stage_eval(const Options& o) {
         rc.latent_w = 8;
         rc.channels = dcfg.in_dim;
         rc.seed = o.eval_seed + i;
+        rc.guidance = o.eval_guidance;
         CausalRollout roll(dit, *cache, rc);
         std::vector<TokenBatch> tb{tok.tokenize(prompts[i], int(dcfg.text_len))};
+        if (rc.guidance != 1.0)
+            tb.push_back(tok.tokenize("", int(dcfg.text_len)));
         roll.set_context(encode_text(enc, tb, dcfg.text_len));
         WanVaeDecodeStream dec(vae);
         std::vector<std::vector<uint8_t>> frames;
@@ -746,6 +771,7 @@ json stage_eval(const Options& o) {
     j["frames"] = o.eval_frames;
     j["prompts"] = prompts.size();
     j["cache"] = o.eval_cache;
+    j["guidance"] = o.eval_guidance;
     j["seconds"] = now_s() - t0;
     std::printf("eval summary: %s\n", j.dump().c_str());
     make_dirs(o.state);
@@ -826,6 +852,14 @@ void stage_check(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef M_MMAP_THRESHOLD
+    // As in reel's main: every step frees and allocates the same large activations; glibc's defaults would mmap
+    // and unmap them (page faults every step). Fixed thresholds keep them in the heap for reuse.
+    if (!std::getenv("REEL_DEFAULT_MALLOC")) {
+        mallopt(M_MMAP_THRESHOLD, 256 << 20);
+        mallopt(M_TRIM_THRESHOLD, 512 << 20);
+    }
+#endif
     Options o;
     CLI::App app{"Train reel's tinyworld model (tiny Wan VAE + umT5 + causal Wan DiT) on the procedural world"};
     app.add_option("--out", o.out, "model folder to export (reel.json, *.safetensors, tokenizer.model)");
@@ -860,6 +894,12 @@ int main(int argc, char** argv) {
     app.add_option("--dit-lr", o.dit_lr);
     app.add_option("--dit-obj-weight", o.dit_obj_weight,
                    "flow-matching loss weight of latent cells an object touches (1: unweighted)");
+    app.add_option("--text-drop", o.text_drop,
+                   "share of training clips trained on the empty prompt, for classifier-free guidance (0.1 typical)")
+        ->check(CLI::Range(0.0, 1.0));
+    app.add_option("--dit-lr-final", o.dit_lr_final,
+                   "cosine-decay the DiT lr to this between --lr-decay-start and --max-steps (default: constant)");
+    app.add_option("--lr-decay-start", o.lr_decay_start, "step at which the DiT lr decay begins");
     app.add_option("--chunks", o.chunks, "chunks of 3 latent frames per training clip");
     app.add_option("--clips-per-prompt", o.clips_per_prompt, "cached latent clips per training prompt");
     app.add_option("--latent-clips", o.latent_clips, "cached latent clips in all (0: clips-per-prompt x prompts)");
@@ -876,6 +916,7 @@ int main(int argc, char** argv) {
     app.add_option("--eval-cache", o.eval_cache, "window (recent = trained context) | full")
         ->check(CLI::IsMember({"window", "full"}));
     app.add_option("--eval-seed", o.eval_seed);
+    app.add_option("--eval-guidance", o.eval_guidance, "classifier-free guidance scale of the eval rollouts (1: off)");
     CLI11_PARSE(app, argc, argv);
 
     try {

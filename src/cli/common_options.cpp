@@ -54,6 +54,10 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
     sub->add_option("--shift", s.shift, "timestep shift of the flow-matching schedule")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
+    sub->add_option("--guidance,--cfg", s.guidance,
+                    "classifier-free guidance scale (1: off; the model's unconditional branch is the empty prompt, "
+                    "and each step runs the DiT on a doubled batch); default: the model's recommended, else 1")
+        ->check(CLI::Range(0.0, 100.0));
     sub->add_flag("!--no-warp", s.warp, "use the step list as given instead of Self-Forcing's warped timesteps");
     sub->add_option("--chunk", s.chunk, "latent frames per chunk")->capture_default_str()->check(CLI::PositiveNumber);
     sub->add_option("--fps", s.fps, "frames per second of the video (default: the model's)")

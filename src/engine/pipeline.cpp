@@ -197,6 +197,10 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         const nlohmann::json& man = m.files.manifest;
         s.cache = man.is_object() && man.contains("recommended") ? man["recommended"].value("cache", "full") : "full";
     }
+    if (s.guidance < 0) {
+        const nlohmann::json& man = m.files.manifest;
+        s.guidance = man.is_object() && man.contains("recommended") ? man["recommended"].value("guidance", 1.0) : 1.0;
+    }
     if (s.fps <= 0)
         s.fps = m.fps;
     if (s.width <= 0)
@@ -250,6 +254,7 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
     rc.latent_w = s.width / 8;
     rc.channels = m.dit_cfg.in_dim;
     rc.seed = s.seed;
+    rc.guidance = s.guidance;
     const AnnAttentionSpec attn_spec = parse_attn_spec(s.attn);
     const AnnCrossSpec cross_spec = parse_cross_attn_spec(s.cross_attn);
     m.dit->set_attention(attn_spec, cross_spec);
@@ -262,8 +267,10 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         double t0 = now_seconds();
         {
             at::NoGradGuard ng;
-            at::Tensor ctx =
-                encode_prompt(*m.text, m.tokenizer->tokenize(s.prompt, static_cast<int>(m.text_len)), m.text_len);
+            const int text_len = static_cast<int>(m.text_len);
+            at::Tensor ctx = encode_prompt(*m.text, m.tokenizer->tokenize(s.prompt, text_len), m.text_len);
+            if (rc.guidance != 1.0)  // the unconditional branch: the empty prompt the model was trained to drop to
+                ctx = at::cat({ctx, encode_prompt(*m.text, m.tokenizer->tokenize("", text_len), m.text_len)}, 0);
             rollout.set_context(ctx.to(m.device, m.dtype));
         }
         t_text = now_seconds() - t0;
@@ -338,6 +345,7 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
                                {"seconds", s.seconds},
                                {"steps", s.steps},
                                {"shift", s.shift},
+                               {"guidance", s.guidance},
                                {"warp", s.warp},
                                {"chunk", s.chunk},
                                {"fps", s.fps},

@@ -34,6 +34,7 @@ struct GenerateSettings {
     std::string record_path;  // run record; "" = <output>.json ("-" or no output: none unless given)
     std::vector<double> steps{1000, 750, 500, 250};
     double shift = 5.0;
+    double guidance = -1;  // classifier-free guidance scale; < 0: the model's recommended (reel.json), else 1 (off)
     bool warp = true;
     int chunk = 3;   // latent frames per chunk
     int fps = 0;     // 0: the model's
