@@ -138,6 +138,24 @@ TEST_F(Cli, SameSeedSameVideoOtherSeedOther) {
     EXPECT_FALSE(exists(path("s1/frame_000009.png")));
 }
 
+// --guidance runs the DiT on [conditional; unconditional] rows: a different video than without it, the scale in the
+// record, and the same video again for the same seed. --cfg is its alias.
+TEST_F(Cli, GuidanceChangesTheVideoAndIsRecorded) {
+    const std::string base = "generate -m " + kToy + " -p 'a red circle' -n 9 --seed 3 -q";
+    ASSERT_EQ(run(base + " --frames-dir " + path("g1") + " -o " + path("g1.y4m")).rc, 0);
+    ASSERT_EQ(run(base + " --guidance 3 --frames-dir " + path("g3") + " -o " + path("g3.y4m")).rc, 0);
+    ASSERT_EQ(run(base + " --cfg 3 --frames-dir " + path("g3b")).rc, 0);
+    EXPECT_NE(slurp(path("g1/frame_000004.png")), slurp(path("g3/frame_000004.png")));
+    EXPECT_EQ(slurp(path("g3/frame_000004.png")), slurp(path("g3b/frame_000004.png")));
+    nlohmann::json r1 = nlohmann::json::parse(slurp(path("g1.y4m.json")));
+    nlohmann::json r3 = nlohmann::json::parse(slurp(path("g3.y4m.json")));
+    EXPECT_EQ(r1["settings"]["guidance"].get<double>(), 1.0);  // the toy model recommends none
+    EXPECT_EQ(r3["settings"]["guidance"].get<double>(), 3.0);
+    Result bad = run(base + " --guidance -1 -o " + path("bad.mp4"));
+    EXPECT_NE(bad.rc, 0);
+    EXPECT_FALSE(exists(path("bad.mp4")));
+}
+
 TEST_F(Cli, Y4mToStdout) {
     Result r = run("generate -m " + kToy + " -p 'a cat' -n 9 -q -o -");
     ASSERT_EQ(r.rc, 0) << r.err;

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/cache_spec.h"
 #include "cache/kv_cache.h"
 #include "diffusion/rollout.h"
 #include "diffusion/scheduler.h"
@@ -70,15 +71,20 @@ struct Options {
     int dit_batch = 16, chunks = 4, clips_per_prompt = 2, latent_clips = 0;
     int latent_extra = 0;  // latent frames encoded past the training window (windows then start mid-clip too)
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
-    double dit_obj_weight = 8.0;  // flow-matching loss weight of latent cells an object touches
-    double text_drop = 0.0;       // share of training clips whose prompt is replaced by "" (classifier-free guidance)
-    double dit_lr_final = -1;     // < 0: constant lr; else cosine from dit_lr at lr_decay_start to this at max_steps
+    double dit_obj_weight = 8.0;      // flow-matching loss weight of latent cells an object touches
+    double recommend_guidance = 1.0;  // written to reel.json's `recommended` block: reel generate's default
+    double text_drop = 0.0;    // share of training clips whose prompt is replaced by "" (classifier-free guidance)
+    double dit_lr_final = -1;  // < 0: constant lr; else cosine from dit_lr at lr_decay_start to this at max_steps
     int64_t lr_decay_start = 0;
     // eval
     int eval_frames = 160, eval_prompts = 48;
-    std::string eval_cache = "window";  // window (recent = trained context) | full
+    // The eval rollouts' cache, as reel's --cache / --merge take it. "window" is reel generate's default for this
+    // model (the trained context, positions relative to the window); "window-absolute" the reference's absolute
+    // RoPE, which puts positions past any the DiT trained on once a video outgrows the training clips.
+    std::string eval_cache = "window", eval_merge = "none";
     uint64_t eval_seed = 0;
     double eval_guidance = 1.0;  // classifier-free guidance scale of the eval rollouts (1: off)
+    std::vector<double> eval_steps{1000, 750, 500, 250};
 };
 
 const int kChunk = 3;  // latent frames per chunk (Self-Forcing)
@@ -562,6 +568,8 @@ void write_manifest(const Options& o) {
     man["recommended"] = {{"cache", "window:sink=0,recent=" + std::to_string(o.chunks * kChunk)},
                           {"steps", {1000, 750, 500, 250}},
                           {"shift", 5.0}};
+    if (o.recommend_guidance != 1.0)
+        man["recommended"]["guidance"] = o.recommend_guidance;
     write_text_atomic(o.out + "/reel.json", man.dump(2) + "\n");
 }
 
@@ -737,9 +745,13 @@ json stage_eval(const Options& o) {
     std::vector<EvalReport> reports;
     const double t0 = now_s();
     for (size_t i = 0; i < prompts.size(); ++i) {
-        std::unique_ptr<KVCache> cache = o.eval_cache == "full"
-                                             ? make_full_cache(int(dcfg.num_layers))
-                                             : make_window_cache(int(dcfg.num_layers), 0, o.chunks * kChunk);
+        const std::string recent = std::to_string(o.chunks * kChunk);
+        const std::string spec_s = o.eval_cache == "window" ? "window:sink=0,recent=" + recent
+                                   : o.eval_cache == "window-absolute"
+                                       ? "window:sink=0,recent=" + recent + ",rope=absolute"
+                                       : o.eval_cache;
+        std::unique_ptr<KVCache> cache =
+            make_cache(parse_cache_spec(spec_s, o.eval_merge, "none", ""), int(dcfg.num_layers));
         RolloutConfig rc;
         rc.chunk_frames = kChunk;
         rc.latent_h = 8;
@@ -747,6 +759,7 @@ json stage_eval(const Options& o) {
         rc.channels = dcfg.in_dim;
         rc.seed = o.eval_seed + i;
         rc.guidance = o.eval_guidance;
+        rc.steps = o.eval_steps;
         CausalRollout roll(dit, *cache, rc);
         std::vector<TokenBatch> tb{tok.tokenize(prompts[i], int(dcfg.text_len))};
         if (rc.guidance != 1.0)
@@ -771,7 +784,9 @@ json stage_eval(const Options& o) {
     j["frames"] = o.eval_frames;
     j["prompts"] = prompts.size();
     j["cache"] = o.eval_cache;
+    j["merge"] = o.eval_merge;
     j["guidance"] = o.eval_guidance;
+    j["steps"] = o.eval_steps;
     j["seconds"] = now_s() - t0;
     std::printf("eval summary: %s\n", j.dump().c_str());
     make_dirs(o.state);
@@ -897,6 +912,9 @@ int main(int argc, char** argv) {
     app.add_option("--text-drop", o.text_drop,
                    "share of training clips trained on the empty prompt, for classifier-free guidance (0.1 typical)")
         ->check(CLI::Range(0.0, 1.0));
+    app.add_option("--recommend-guidance", o.recommend_guidance,
+                   "classifier-free guidance scale the export recommends in reel.json (reel generate's default; "
+                   "needs a DiT trained with --text-drop)");
     app.add_option("--dit-lr-final", o.dit_lr_final,
                    "cosine-decay the DiT lr to this between --lr-decay-start and --max-steps (default: constant)");
     app.add_option("--lr-decay-start", o.lr_decay_start, "step at which the DiT lr decay begins");
@@ -913,9 +931,12 @@ int main(int argc, char** argv) {
     app.add_option("--warped-share", o.warped_share, "share of timesteps drawn from the 4 inference steps");
     app.add_option("--eval-frames", o.eval_frames);
     app.add_option("--eval-prompts", o.eval_prompts, "eval prompts (spread over eval.txt; 0: all 48)");
-    app.add_option("--eval-cache", o.eval_cache, "window (recent = trained context) | full")
-        ->check(CLI::IsMember({"window", "full"}));
+    app.add_option("--eval-merge", o.eval_merge, "the eval rollouts' --merge (none, tempcache:tau=..., ...)");
+    app.add_option("--eval-cache", o.eval_cache,
+                   "window (the trained context, relative RoPE: what reel generate uses) | window-absolute | full | "
+                   "any reel --cache value");
     app.add_option("--eval-seed", o.eval_seed);
+    app.add_option("--eval-steps", o.eval_steps, "denoising timesteps per chunk of the eval rollouts (before warping)");
     app.add_option("--eval-guidance", o.eval_guidance, "classifier-free guidance scale of the eval rollouts (1: off)");
     CLI11_PARSE(app, argc, argv);
 
