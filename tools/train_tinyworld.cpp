@@ -72,15 +72,17 @@ struct Options {
     int latent_extra = 0;  // latent frames encoded past the training window (windows then start mid-clip too)
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
     double dit_obj_weight = 8.0;      // flow-matching loss weight of latent cells an object touches
+    int recommend_sink = 0;           // sink frames of the recommended window (reel.json)
     double recommend_guidance = 1.0;  // written to reel.json's `recommended` block: reel generate's default
     double text_drop = 0.0;    // share of training clips whose prompt is replaced by "" (classifier-free guidance)
     double dit_lr_final = -1;  // < 0: constant lr; else cosine from dit_lr at lr_decay_start to this at max_steps
     int64_t lr_decay_start = 0;
     // eval
     int eval_frames = 160, eval_prompts = 48;
-    // The eval rollouts' cache, as reel's --cache / --merge take it. "window" is reel generate's default for this
-    // model (the trained context, positions relative to the window); "window-absolute" the reference's absolute
-    // RoPE, which puts positions past any the DiT trained on once a video outgrows the training clips.
+    // The eval rollouts' cache, as reel's --cache / --merge take it. "window" is what the export recommends and
+    // reel generate uses by default (--recommend-sink sink frames + the trained context, positions relative to the
+    // window); "window-absolute" the same with the reference's absolute positions (measured identical: RoPE scores
+    // depend on offsets only).
     std::string eval_cache = "window", eval_merge = "none";
     uint64_t eval_seed = 0;
     double eval_guidance = 1.0;  // classifier-free guidance scale of the eval rollouts (1: off)
@@ -565,9 +567,10 @@ void write_manifest(const Options& o) {
     man["text_encoder"] = {{"file", "text_encoder.safetensors"}, {"config", text_config(o, tok.vocab_size())}};
     man["tokenizer"] = {{"file", "tokenizer.model"}};
     man["video"] = {{"width", 64}, {"height", 64}, {"fps", 16}};
-    man["recommended"] = {{"cache", "window:sink=0,recent=" + std::to_string(o.chunks * kChunk)},
-                          {"steps", {1000, 750, 500, 250}},
-                          {"shift", 5.0}};
+    man["recommended"] = {
+        {"cache", "window:sink=" + std::to_string(o.recommend_sink) + ",recent=" + std::to_string(o.chunks * kChunk)},
+        {"steps", {1000, 750, 500, 250}},
+        {"shift", 5.0}};
     if (o.recommend_guidance != 1.0)
         man["recommended"]["guidance"] = o.recommend_guidance;
     write_text_atomic(o.out + "/reel.json", man.dump(2) + "\n");
@@ -746,10 +749,10 @@ json stage_eval(const Options& o) {
     const double t0 = now_s();
     for (size_t i = 0; i < prompts.size(); ++i) {
         const std::string recent = std::to_string(o.chunks * kChunk);
-        const std::string spec_s = o.eval_cache == "window" ? "window:sink=0,recent=" + recent
-                                   : o.eval_cache == "window-absolute"
-                                       ? "window:sink=0,recent=" + recent + ",rope=absolute"
-                                       : o.eval_cache;
+        const std::string window = "window:sink=" + std::to_string(o.recommend_sink) + ",recent=" + recent;
+        const std::string spec_s = o.eval_cache == "window"            ? window
+                                   : o.eval_cache == "window-absolute" ? window + ",rope=absolute"
+                                                                       : o.eval_cache;
         std::unique_ptr<KVCache> cache =
             make_cache(parse_cache_spec(spec_s, o.eval_merge, "none", ""), int(dcfg.num_layers));
         RolloutConfig rc;
@@ -912,6 +915,9 @@ int main(int argc, char** argv) {
     app.add_option("--text-drop", o.text_drop,
                    "share of training clips trained on the empty prompt, for classifier-free guidance (0.1 typical)")
         ->check(CLI::Range(0.0, 1.0));
+    app.add_option("--recommend-sink", o.recommend_sink,
+                   "sink latent frames of the window cache the export recommends in reel.json (and --eval-cache "
+                   "window uses): the first frames stay in the context for good, an anchor over long videos");
     app.add_option("--recommend-guidance", o.recommend_guidance,
                    "classifier-free guidance scale the export recommends in reel.json (reel generate's default; "
                    "needs a DiT trained with --text-drop)");
@@ -933,8 +939,8 @@ int main(int argc, char** argv) {
     app.add_option("--eval-prompts", o.eval_prompts, "eval prompts (spread over eval.txt; 0: all 48)");
     app.add_option("--eval-merge", o.eval_merge, "the eval rollouts' --merge (none, tempcache:tau=..., ...)");
     app.add_option("--eval-cache", o.eval_cache,
-                   "window (the trained context, relative RoPE: what reel generate uses) | window-absolute | full | "
-                   "any reel --cache value");
+                   "window (the recommended window: --recommend-sink sinks + the trained context) | window-absolute | "
+                   "full | any reel --cache value");
     app.add_option("--eval-seed", o.eval_seed);
     app.add_option("--eval-steps", o.eval_steps, "denoising timesteps per chunk of the eval rollouts (before warping)");
     app.add_option("--eval-guidance", o.eval_guidance, "classifier-free guidance scale of the eval rollouts (1: off)");
