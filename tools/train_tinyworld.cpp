@@ -552,6 +552,16 @@ at::Tensor encode_text(const UMT5Encoder& enc, const std::vector<TokenBatch>& to
     return at::constant_pad_nd(h, {0, 0, 0, text_len - lmax});
 }
 
+// The cache the export recommends: sinks + recent frames (the chunk being made included) = the trained context, so
+// attention never spans more frames than in training; the sinks keep the video's first frames as an anchor.
+std::string recommended_window(const Options& o) {
+    const int context = o.chunks * kChunk;
+    if (o.recommend_sink < 0 || o.recommend_sink > context - kChunk)
+        throw std::runtime_error("--recommend-sink must leave room for at least one chunk in the " +
+                                 std::to_string(context) + "-frame context");
+    return "window:sink=" + std::to_string(o.recommend_sink) + ",recent=" + std::to_string(context - o.recommend_sink);
+}
+
 void write_manifest(const Options& o) {
     json man;
     man["name"] = "tinyworld";
@@ -567,10 +577,7 @@ void write_manifest(const Options& o) {
     man["text_encoder"] = {{"file", "text_encoder.safetensors"}, {"config", text_config(o, tok.vocab_size())}};
     man["tokenizer"] = {{"file", "tokenizer.model"}};
     man["video"] = {{"width", 64}, {"height", 64}, {"fps", 16}};
-    man["recommended"] = {
-        {"cache", "window:sink=" + std::to_string(o.recommend_sink) + ",recent=" + std::to_string(o.chunks * kChunk)},
-        {"steps", {1000, 750, 500, 250}},
-        {"shift", 5.0}};
+    man["recommended"] = {{"cache", recommended_window(o)}, {"steps", {1000, 750, 500, 250}}, {"shift", 5.0}};
     if (o.recommend_guidance != 1.0)
         man["recommended"]["guidance"] = o.recommend_guidance;
     write_text_atomic(o.out + "/reel.json", man.dump(2) + "\n");
@@ -748,8 +755,7 @@ json stage_eval(const Options& o) {
     std::vector<EvalReport> reports;
     const double t0 = now_s();
     for (size_t i = 0; i < prompts.size(); ++i) {
-        const std::string recent = std::to_string(o.chunks * kChunk);
-        const std::string window = "window:sink=" + std::to_string(o.recommend_sink) + ",recent=" + recent;
+        const std::string window = recommended_window(o);
         const std::string spec_s = o.eval_cache == "window"            ? window
                                    : o.eval_cache == "window-absolute" ? window + ",rope=absolute"
                                                                        : o.eval_cache;
@@ -917,7 +923,8 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0.0, 1.0));
     app.add_option("--recommend-sink", o.recommend_sink,
                    "sink latent frames of the window cache the export recommends in reel.json (and --eval-cache "
-                   "window uses): the first frames stay in the context for good, an anchor over long videos");
+                   "window uses): the first frames stay in the context for good, an anchor over long videos; the "
+                   "recent frames make up the rest of the trained context");
     app.add_option("--recommend-guidance", o.recommend_guidance,
                    "classifier-free guidance scale the export recommends in reel.json (reel generate's default; "
                    "needs a DiT trained with --text-drop)");
