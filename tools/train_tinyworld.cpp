@@ -14,9 +14,6 @@
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
-#if defined(__GLIBC__) || defined(__linux__)
-#include <malloc.h>
-#endif
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -37,6 +34,7 @@
 #include "diffusion/wan_config.h"
 #include "diffusion/wan_dit.h"
 #include "diffusion/wan_vae.h"
+#include "src/engine/sys_stats.h"
 #include "tinyworld/evaluator.h"
 #include "tinyworld/prompt.h"
 #include "tinyworld/suite.h"
@@ -754,13 +752,13 @@ json stage_eval(const Options& o) {
         ++chunks;
     std::vector<EvalReport> reports;
     const double t0 = now_s();
+    const std::string window = recommended_window(o);
+    const CacheSpec spec = parse_cache_spec(o.eval_cache == "window"            ? window
+                                            : o.eval_cache == "window-absolute" ? window + ",rope=absolute"
+                                                                                : o.eval_cache,
+                                            o.eval_merge, "none", "");
     for (size_t i = 0; i < prompts.size(); ++i) {
-        const std::string window = recommended_window(o);
-        const std::string spec_s = o.eval_cache == "window"            ? window
-                                   : o.eval_cache == "window-absolute" ? window + ",rope=absolute"
-                                                                       : o.eval_cache;
-        std::unique_ptr<KVCache> cache =
-            make_cache(parse_cache_spec(spec_s, o.eval_merge, "none", ""), int(dcfg.num_layers));
+        std::unique_ptr<KVCache> cache = make_cache(spec, int(dcfg.num_layers));
         RolloutConfig rc;
         rc.chunk_frames = kChunk;
         rc.latent_h = 8;
@@ -876,14 +874,7 @@ void stage_check(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-#ifdef M_MMAP_THRESHOLD
-    // As in reel's main: every step frees and allocates the same large activations; glibc's defaults would mmap
-    // and unmap them (page faults every step). Fixed thresholds keep them in the heap for reuse.
-    if (!std::getenv("REEL_DEFAULT_MALLOC")) {
-        mallopt(M_MMAP_THRESHOLD, 256 << 20);
-        mallopt(M_TRIM_THRESHOLD, 512 << 20);
-    }
-#endif
+    keep_freed_memory_for_reuse();
     Options o;
     CLI::App app{"Train reel's tinyworld model (tiny Wan VAE + umT5 + causal Wan DiT) on the procedural world"};
     app.add_option("--out", o.out, "model folder to export (reel.json, *.safetensors, tokenizer.model)");

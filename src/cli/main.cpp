@@ -1,25 +1,16 @@
 #include <CLI/CLI.hpp>
 
-#if defined(__GLIBC__) || defined(__linux__)
-#include <malloc.h>
-#endif
-
 #include <csignal>
 #include <cstdio>
 #include <exception>
 #include <vector>
 
 #include "src/cli/commands.h"
+#include "src/engine/sys_stats.h"
 
 int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);  // a closed pipe (reel generate -o - | head) becomes a write error, not a kill
-#ifdef M_MMAP_THRESHOLD
-    // Per-chunk temporaries (VAE activations, attention scores) are freed and allocated again every chunk. With
-    // glibc's defaults the large ones are mmap'ed and unmapped, or trimmed off the heap, each time, so RSS saws by
-    // tens of MB and page faults cost time. Fixed thresholds keep them in the heap for reuse: RSS stays flat.
-    mallopt(M_MMAP_THRESHOLD, 256 << 20);
-    mallopt(M_TRIM_THRESHOLD, 512 << 20);
-#endif
+    reel::keep_freed_memory_for_reuse();
     CLI::App app{
         "reel: long videos from causal video diffusion models (Self-Forcing / CausVid / LongLive on Wan2.1),\n"
         "chunk by chunk, at constant memory.\n"};

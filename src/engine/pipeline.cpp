@@ -192,15 +192,14 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         throw std::runtime_error("--chunk must be at least 1 latent frame");
     if (s.steps.empty())
         throw std::runtime_error("--steps needs at least one timestep");
-    if (s.cache.empty()) {
-        // A model trained on a bounded context says which cache it expects (positions past it were never seen).
-        const nlohmann::json& man = m.files.manifest;
-        s.cache = man.is_object() && man.contains("recommended") ? man["recommended"].value("cache", "full") : "full";
-    }
-    if (s.guidance < 0) {
-        const nlohmann::json& man = m.files.manifest;
-        s.guidance = man.is_object() && man.contains("recommended") ? man["recommended"].value("guidance", 1.0) : 1.0;
-    }
+    // What the model folder's reel.json recommends, for settings left at their default.
+    const nlohmann::json& man = m.files.manifest;
+    const nlohmann::json recommended =
+        man.is_object() && man.contains("recommended") ? man["recommended"] : nlohmann::json::object();
+    if (s.cache.empty())  // a model trained on a bounded context says which cache it expects
+        s.cache = recommended.value("cache", "full");
+    if (s.guidance < 0)
+        s.guidance = recommended.value("guidance", 1.0);
     if (s.fps <= 0)
         s.fps = m.fps;
     if (s.width <= 0)
