@@ -13,9 +13,10 @@ namespace reel {
 // ---- config --------------------------------------------------------------------------------------------------
 
 std::vector<int64_t> WanVaeConfig::decoder_dims() const {
-    std::vector<int64_t> d{int64_t(dim) * dim_mult.back()};
+    const int64_t w = decoder_dim();
+    std::vector<int64_t> d{w * dim_mult.back()};
     for (auto it = dim_mult.rbegin(); it != dim_mult.rend(); ++it)
-        d.push_back(int64_t(dim) * *it);
+        d.push_back(w * *it);
     return d;
 }
 
@@ -28,8 +29,8 @@ std::vector<int64_t> WanVaeConfig::encoder_dims() const {
 
 void WanVaeConfig::validate() const {
     std::ostringstream err;
-    if (dim <= 0 || z_dim <= 0 || num_res_blocks <= 0)
-        err << " dim, z_dim and num_res_blocks must be positive;";
+    if (dim <= 0 || z_dim <= 0 || num_res_blocks <= 0 || dec_dim < 0)
+        err << " dim, z_dim and num_res_blocks must be positive, dec_dim not negative;";
     // The reference halves the input width of decoder stages 1..3 (after each Resample), which only
     // matches its channel plan for 4 stages.
     if (dim_mult.size() != 4)
@@ -54,11 +55,14 @@ void to_json(nlohmann::json& j, const WanVaeConfig& c) {
                        {"temporal_downsample", c.temporal_downsample},
                        {"mean", c.mean},
                        {"std", c.std_}};
+    if (c.dec_dim > 0 && c.dec_dim != c.dim)
+        j["dec_dim"] = c.dec_dim;
 }
 
 void from_json(const nlohmann::json& j, WanVaeConfig& c) {
     WanVaeConfig d;  // missing keys keep the defaults
     c.dim = j.value("dim", d.dim);
+    c.dec_dim = j.value("dec_dim", 0);
     c.z_dim = j.value("z_dim", d.z_dim);
     c.dim_mult = j.value("dim_mult", d.dim_mult);
     c.num_res_blocks = j.value("num_res_blocks", d.num_res_blocks);
@@ -128,6 +132,13 @@ WanVaeConfig detect_wan_vae_config(const TensorMap& t) {
         c.dim_mult.push_back(int(*it / c.dim));
     }
     c.temporal_downsample.assign(temporal_up.rbegin(), temporal_up.rend());
+    if (has(t, "encoder.conv1.weight")) {
+        const int enc_dim = int(t.at("encoder.conv1.weight").size(0));  // [dim, 3, 3, 3, 3]
+        if (enc_dim != c.dim) {
+            c.dec_dim = c.dim;
+            c.dim = enc_dim;
+        }
+    }
 
     if (has(t, "scale.mean") && has(t, "scale.inv_std")) {
         at::Tensor m = t.at("scale.mean").to(at::kFloat).contiguous().cpu();

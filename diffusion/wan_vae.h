@@ -21,6 +21,9 @@ namespace reel {
 
 struct WanVaeConfig {
     int dim = 96;
+    // Decoder base width; 0 = dim. Wan2.2's VAE decodes wider than it encodes (dec_dim); tinyworld decodes
+    // narrower, because the decoder runs on every generated frame and the encoder only in training.
+    int dec_dim = 0;
     int z_dim = 16;
     std::vector<int> dim_mult{1, 2, 4, 4};
     int num_res_blocks = 2;
@@ -31,7 +34,8 @@ struct WanVaeConfig {
     std::vector<float> std_{2.8184f, 1.4541f, 2.3275f, 2.6558f, 1.2196f, 1.7708f, 2.6052f, 2.0743f,
                             3.2687f, 2.1526f, 2.8652f, 1.5579f, 1.6382f, 1.1253f, 2.8251f, 1.9160f};
 
-    // Decoder stage widths d*[m_last, m_last, ..., m_0] (real: 384 384 384 192 96).
+    int decoder_dim() const { return dec_dim > 0 ? dec_dim : dim; }
+    // Decoder stage widths d*[m_last, m_last, ..., m_0] with d = decoder_dim() (real: 384 384 384 192 96).
     std::vector<int64_t> decoder_dims() const;
     // Encoder stage widths d*[1, m_0, ..., m_last] (real: 96 96 192 384 384).
     std::vector<int64_t> encoder_dims() const;
@@ -43,8 +47,8 @@ void to_json(nlohmann::json& j, const WanVaeConfig& c);
 void from_json(const nlohmann::json& j, WanVaeConfig& c);
 
 // Reads dim, z_dim, dim_mult, num_res_blocks and the temporal flags from the decoder.* names and shapes (so a
-// decoder-only checkpoint works too); mean/std from `scale.mean` / `scale.inv_std` when the
-// checkpoint has them, else the Wan2.1 defaults.
+// decoder-only checkpoint works too), dec_dim where encoder.conv1 is narrower or wider than the decoder; mean/std from
+// `scale.mean` / `scale.inv_std` when the checkpoint has them, else the Wan2.1 defaults.
 WanVaeConfig detect_wan_vae_config(const TensorMap& tensors);
 
 // Seeded random weights with every tensor a WanVae of `cfg` loads (conv N(0,1)/sqrt(fan_in), biases N(0,0.1^2),

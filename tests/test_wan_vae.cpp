@@ -158,6 +158,41 @@ TEST(WanVae, EncodeMatchesGolden) {
     EXPECT_THROW(vae.encode(at::zeros({1, 3, 4, 32, 48})), std::runtime_error);
 }
 
+TEST(WanVae, NarrowerDecoderIsDetectedAndSerialized) {
+    // tinyworld's fast decoder: dec_dim below the encoder's dim, as Wan2.2's dec_dim (there wider).
+    WanVaeConfig c;
+    c.dim = 4;
+    c.dec_dim = 2;
+    c.num_res_blocks = 1;
+    TensorMap w = wan_vae_random_weights(c, true, 3);
+    EXPECT_EQ(w.at("encoder.conv1.weight").size(0), 4);
+    EXPECT_EQ(w.at("decoder.head.2.weight").size(1), 2);
+    WanVaeConfig d = detect_wan_vae_config(w);
+    EXPECT_EQ(d.dim, 4);
+    EXPECT_EQ(d.dec_dim, 2);
+    EXPECT_EQ(d.decoder_dims(), (std::vector<int64_t>{8, 8, 8, 4, 2}));
+    EXPECT_EQ(d.encoder_dims(), (std::vector<int64_t>{4, 4, 8, 16, 16}));
+    const nlohmann::json j = d;
+    EXPECT_EQ(j.at("dec_dim"), 2);
+    EXPECT_EQ(j.get<WanVaeConfig>().decoder_dim(), 2);
+    // Without the encoder the decoder's width is all there is: it becomes dim.
+    TensorMap dec_only;
+    for (const auto& kv : w)
+        if (kv.first.rfind("decoder.", 0) == 0 || kv.first.rfind("conv2.", 0) == 0)
+            dec_only.insert(kv);
+    WanVaeConfig e = detect_wan_vae_config(dec_only);
+    EXPECT_EQ(e.decoder_dim(), 2);
+    EXPECT_FALSE(nlohmann::json(e).contains("dec_dim"));
+    WanVae vae(w, d, c10::kCPU, at::kFloat);
+    at::Tensor mu = vae.encode(at::rand({1, 3, 5, 16, 16}) * 2 - 1);
+    EXPECT_EQ(mu.sizes(), (at::IntArrayRef{1, 16, 2, 2, 2}));
+    EXPECT_EQ(vae.decode(mu).sizes(), (at::IntArrayRef{1, 3, 5, 16, 16}));
+    // A dim-2 decoder does not load tensors made for dim 4.
+    WanVaeConfig wrong = d;
+    wrong.dec_dim = 0;
+    EXPECT_THROW(WanVae(w, wrong, c10::kCPU, at::kFloat), std::runtime_error);
+}
+
 TEST(WanVae, RandomWeightsRoundTripThroughDetection) {
     // A non-default config: the generator, detection and the strict loader must agree tensor for tensor.
     WanVaeConfig c;

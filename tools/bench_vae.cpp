@@ -114,6 +114,7 @@ int main(int argc, char** argv) {
     // 60x slower, the real config 3x slower than with one thread at load ~4).
     int lh = 8, lw = 8, threads = 1, encode_frames = 33;
     int real_lh = 0, real_lw = 0;
+    int tiny_dim = 4, tiny_res_blocks = 2;
     std::string frames_s = "100,1000", real_frames_s = "100,1000";
     app.add_option("--config", config, "tiny | real | both")->capture_default_str();
     app.add_option("--weights", weights, "VAE checkpoint (.pth/.safetensors) instead of random weights for 'real'");
@@ -125,6 +126,9 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--real-frames", real_frames_s, "pixel frame counts for the real config")->capture_default_str();
     app.add_option("--encode-frames", encode_frames, "pixel frames to encode (1+4k; 0 = skip)")->capture_default_str();
+    app.add_option("--tiny-dim", tiny_dim, "base width of the tiny config (tinyworld: 16)")->capture_default_str();
+    app.add_option("--tiny-res-blocks", tiny_res_blocks, "residual blocks per stage of the tiny config (tinyworld: 1)")
+        ->capture_default_str();
     app.add_option("--threads", threads, "intra-op threads (at::set_num_threads)")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
     if (real_lh <= 0)
@@ -137,9 +141,11 @@ int main(int argc, char** argv) {
     try {
         if (config == "tiny" || config == "both") {
             reel::WanVaeConfig c;
-            c.dim = 4;
+            c.dim = tiny_dim;
+            c.num_res_blocks = tiny_res_blocks;
             reel::WanVae vae(reel::wan_vae_random_weights(c, true, 1), c, c10::kCPU, at::kFloat);
-            bench_config("tiny (golden config)", vae, lh, lw, parse_list(frames_s), encode_frames);
+            bench_config(tiny_dim == 4 && tiny_res_blocks == 2 ? "tiny (golden config)" : "tiny config", vae, lh, lw,
+                         parse_list(frames_s), encode_frames);
         }
         if (config == "real" || config == "both") {
             reel::TensorMap w;

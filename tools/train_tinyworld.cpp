@@ -62,6 +62,8 @@ struct Options {
     // VAE
     std::vector<int> vae_mult{1, 2, 4, 4};
     int vae_dim = 16, vae_res = 1, vae_batch = 2, vae_frames = 33;
+    int vae_dec_dim = 0;   // decoder base width (0: vae_dim); narrower decodes faster at generation time
+    std::string vae_init;  // VAE file whose tensors of matching name and shape start a fresh run (e.g. its encoder)
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
     bool vae_decoder_only = false;  // encoder (encoder.*, conv1.*) frozen: the latent space, and so the DiT, stay
     // text encoder + DiT
@@ -94,6 +96,7 @@ const int kChunk = 3;  // latent frames per chunk (Self-Forcing)
 WanVaeConfig vae_config(const Options& o) {
     WanVaeConfig c;
     c.dim = o.vae_dim;
+    c.dec_dim = o.vae_dec_dim == o.vae_dim ? 0 : o.vae_dec_dim;
     c.z_dim = 16;
     c.dim_mult = o.vae_mult;
     c.num_res_blocks = o.vae_res;
@@ -361,6 +364,29 @@ json eval_vae_recon(const Options& o, const TensorMap& params, const WanVaeConfi
     return j;
 }
 
+// Copies the tensors of --vae-init whose name and shape match into a fresh run's parameters. A decoder-only run must
+// get the whole encoder: its latent space is what the DiT was trained on.
+void init_vae_from(const Options& o, TensorMap* params) {
+    TensorMap init = load_safetensors(o.vae_init);
+    int enc_total = 0, enc_copied = 0, dec_total = 0, dec_copied = 0;
+    torch::NoGradGuard ng;
+    for (auto& kv : *params) {
+        const bool encoder = kv.first.rfind("encoder.", 0) == 0 || kv.first.rfind("conv1.", 0) == 0;
+        (encoder ? enc_total : dec_total)++;
+        auto it = init.find(kv.first);
+        if (it == init.end() || it->second.sizes() != kv.second.sizes())
+            continue;
+        kv.second.copy_(it->second);
+        (encoder ? enc_copied : dec_copied)++;
+    }
+    std::printf("vae: initialized from %s: %d / %d encoder tensors, %d / %d decoder tensors\n", o.vae_init.c_str(),
+                enc_copied, enc_total, dec_copied, dec_total);
+    if (o.vae_decoder_only && enc_copied != enc_total)
+        throw std::runtime_error("--vae-decoder-only with --vae-init " + o.vae_init + ": only " +
+                                 std::to_string(enc_copied) + " of " + std::to_string(enc_total) +
+                                 " encoder tensors match (--vae-dim and --vae-mult must be the file's)");
+}
+
 void stage_vae(const Options& o, double minutes) {
     const WanVaeConfig cfg = vae_config(o);
     TensorMap params = make_trainable(wan_vae_random_weights(cfg, true, o.seed));
@@ -374,6 +400,8 @@ void stage_vae(const Options& o, double minutes) {
     }
     torch::optim::AdamW opt(trained, torch::optim::AdamWOptions(o.vae_lr).weight_decay(0.0));
     Checkpoint ck{o.state, "vae"};
+    if (!o.vae_init.empty() && !(o.resume && ck.exists()))
+        init_vae_from(o, &params);
     int64_t step = 0;
     double trained_s = 0;
     if (o.resume && ck.exists()) {
@@ -384,8 +412,9 @@ void stage_vae(const Options& o, double minutes) {
         trained_s = m.value("trained_s", 0.0);
         std::printf("vae: resumed at step %lld (%.1f min trained)\n", (long long)step, trained_s / 60);
     }
-    std::printf("vae: %lld parameters, dim %d, res blocks %d, batch %d x %d frames\n", (long long)count_params(params),
-                cfg.dim, cfg.num_res_blocks, o.vae_batch, o.vae_frames);
+    std::printf("vae: %lld parameters, dim %d, decoder dim %d, res blocks %d, batch %d x %d frames\n",
+                (long long)count_params(params), cfg.dim, cfg.decoder_dim(), cfg.num_res_blocks, o.vae_batch,
+                o.vae_frames);
     auto prompts = train_prompts();
     const double t0 = now_s();
     double last_ck = t0, ema_mse = -1;
@@ -888,6 +917,11 @@ int main(int argc, char** argv) {
     app.add_option("--seed", o.seed, "seed of initialization, data and noise");
     app.add_option("--threads", o.threads, "LibTorch intra-op threads");
     app.add_option("--vae-dim", o.vae_dim);
+    app.add_option("--vae-dec-dim", o.vae_dec_dim,
+                   "VAE decoder base width (default: --vae-dim); tinyworld's fast decoder is 8 with an encoder of 16");
+    app.add_option("--vae-init", o.vae_init,
+                   "start a fresh VAE run from this file's tensors where name and shape match (e.g. a frozen "
+                   "encoder for --vae-decoder-only)");
     app.add_option("--vae-mult", o.vae_mult, "VAE stage width multipliers (4 entries)");
     app.add_option("--vae-res", o.vae_res, "residual blocks per VAE stage");
     app.add_option("--vae-batch", o.vae_batch);

@@ -27,8 +27,10 @@ ModelDetection detect_model(const TensorMap& tensors, int64_t heads) {
             d.description = "Wan2.1 VAE";
             WanVaeConfig c = detect_wan_vae_config(tensors);
             d.config = c;
-            d.description = "Wan2.1 VAE, base width " + std::to_string(c.dim) + ", " + std::to_string(c.z_dim) +
-                            " latent channels" + (tensors.count("encoder.conv1.weight") ? "" : " (decoder only)");
+            d.description = "Wan2.1 VAE, base width " + std::to_string(c.dim) +
+                            (c.decoder_dim() != c.dim ? " (decoder " + std::to_string(c.decoder_dim()) + ")" : "") +
+                            ", " + std::to_string(c.z_dim) + " latent channels" +
+                            (tensors.count("encoder.conv1.weight") ? "" : " (decoder only)");
         } else if (tensors.count("token_embedding.weight") && tensors.count("blocks.0.attn.q.weight")) {
             d.type = "umt5-encoder";
             d.description = "umT5 encoder";
