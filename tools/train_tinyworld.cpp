@@ -62,8 +62,11 @@ struct Options {
     // VAE
     std::vector<int> vae_mult{1, 2, 4, 4};
     int vae_dim = 16, vae_res = 1, vae_batch = 2, vae_frames = 33;
-    int vae_dec_dim = 0;   // decoder base width (0: vae_dim); narrower decodes faster at generation time
-    std::string vae_init;  // VAE file whose tensors of matching name and shape start a fresh run (e.g. its encoder)
+    int vae_dec_dim = 0;      // decoder base width (0: vae_dim); narrower decodes faster at generation time
+    std::string vae_init;     // VAE file whose tensors of matching name and shape start a fresh run (e.g. its encoder)
+    std::string vae_distill;  // model folder whose DiT's latents the decoder learns to decode like that folder's VAE
+    int distill_samples = 64;
+    double distill_weight = 1.0;
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
     bool vae_decoder_only = false;  // encoder (encoder.*, conv1.*) frozen: the latent space, and so the DiT, stay
     // text encoder + DiT
@@ -327,9 +330,10 @@ json eval_vae_recon(const Options& o, const TensorMap& params, const WanVaeConfi
     std::vector<EvalReport> rec_reports, gt_reports;
     double se = 0, se_obj = 0, n_obj = 0;
     int64_t n = 0;
-    // 65 frames (17 latent frames): a VAE trained on short clips reconstructs its first groups well and then drifts
-    // (its causal temporal convolutions see more history than training showed them); the per-group PSNR shows it.
-    const int t = 65;
+    // --eval-frames rounded up to 1 + 4k (the default 160 gives 161, the rollout eval's length): a VAE trained on
+    // short clips reconstructs its first groups well and then drifts (its causal temporal convolutions see more
+    // history than training showed them); the per-group PSNR shows it. The sittings before the sixth used 65.
+    const int t = 1 + 4 * ((std::max(o.eval_frames, 2) - 1 + 3) / 4);
     const int groups = 1 + (t - 1) / 4;
     std::vector<double> se_group(size_t(groups), 0.0), n_group(size_t(groups), 0.0);
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -362,6 +366,65 @@ json eval_vae_recon(const Options& o, const TensorMap& params, const WanVaeConfi
     j["adherence_reconstructed"] = summarize_reports(rec_reports).to_json();
     j["adherence_ground_truth"] = summarize_reports(gt_reports).to_json();
     return j;
+}
+
+at::Tensor encode_text(const UMT5Encoder& enc, const std::vector<TokenBatch>& toks, int64_t text_len);
+
+// Raw latents [N, z, F, 8, 8] of N rollouts of the model in `dir` (its DiT, text encoder, recommended cache and
+// guidance) on training prompts, F latent frames each: what a decoder has to decode at generation time. The DiT's
+// latents lie off the encoder's manifold (black and navy backgrounds meet there), and a decoder trained on encoder
+// latents alone decodes them its own way. Made once, cached under the state folder.
+at::Tensor dit_sample_latents(const Options& o, const std::string& dir, int n, int64_t f_lat) {
+    const std::string path = o.state + "/cache/dit_samples.safetensors";
+    if (file_exists(path)) {
+        TensorMap m = load_safetensors(path);
+        if (m.count("mu") && m["mu"].size(0) == n && m["mu"].size(2) == f_lat)
+            return m["mu"].clone();
+    }
+    torch::NoGradGuard ng;
+    const double t0 = now_s();
+    json man = read_json(dir + "/reel.json");
+    const WanDitConfig dcfg = WanDitConfig::from_json(man["dit"]["config"]);
+    TensorMap dw = load_safetensors(dir + "/dit.safetensors");
+    WanDit dit(dcfg, dw, c10::kCPU, at::kFloat);
+    TensorMap tw = load_safetensors(dir + "/text_encoder.safetensors");
+    UMT5Encoder enc(tw, man["text_encoder"]["config"].get<UMT5Config>(), c10::kCPU, at::kFloat);
+    Tokenizer tok = Tokenizer::load(dir + "/tokenizer.model");
+    const WanVaeConfig vc = man["vae"]["config"].get<WanVaeConfig>();
+    const at::Tensor mean = at::tensor(vc.mean).view({1, -1, 1, 1, 1}),
+                     stdv = at::tensor(vc.std_).view({1, -1, 1, 1, 1});
+    const json rec = man.value("recommended", json::object());
+    const CacheSpec spec = parse_cache_spec(rec.value("cache", std::string("full")), "none", "none", "");
+    const auto prompts = train_prompts();
+    std::mt19937_64 rng(mix_seed(o.seed, 11, 0));
+    std::vector<at::Tensor> all;
+    for (int i = 0; i < n; ++i) {
+        const std::string& prompt = prompts[rng() % prompts.size()];
+        std::unique_ptr<KVCache> cache = make_cache(spec, int(dcfg.num_layers));
+        RolloutConfig rc;
+        rc.chunk_frames = kChunk;
+        rc.latent_h = 8;
+        rc.latent_w = 8;
+        rc.channels = dcfg.in_dim;
+        rc.seed = 7000000 + uint64_t(i);
+        rc.guidance = rec.value("guidance", 1.0);
+        CausalRollout roll(dit, *cache, rc);
+        std::vector<TokenBatch> tb{tok.tokenize(prompt, int(dcfg.text_len))};
+        if (rc.guidance != 1.0)
+            tb.push_back(tok.tokenize("", int(dcfg.text_len)));
+        roll.set_context(encode_text(enc, tb, dcfg.text_len));
+        std::vector<at::Tensor> chunks;
+        for (int64_t f = 0; f < f_lat; f += kChunk)
+            chunks.push_back(roll.next_chunk());                                           // [1, 3, C, 8, 8] normalized
+        at::Tensor lat = at::cat(chunks, 1).narrow(1, 0, f_lat).permute({0, 2, 1, 3, 4});  // [1, C, F, 8, 8]
+        all.push_back(lat * stdv + mean);
+    }
+    at::Tensor mu = at::cat(all, 0).contiguous();
+    make_dirs(o.state + "/cache");
+    save_safetensors(path, {{"mu", mu}}, {{"model", dir}});
+    std::printf("vae: %d DiT rollouts of %lld latent frames from %s in %.0f s, cached in %s\n", n, (long long)f_lat,
+                dir.c_str(), now_s() - t0, path.c_str());
+    return mu;
 }
 
 // Copies the tensors of --vae-init whose name and shape match into a fresh run's parameters. A decoder-only run must
@@ -416,8 +479,19 @@ void stage_vae(const Options& o, double minutes) {
                 (long long)count_params(params), cfg.dim, cfg.decoder_dim(), cfg.num_res_blocks, o.vae_batch,
                 o.vae_frames);
     auto prompts = train_prompts();
+    // Distillation: the teacher's decoder on its own DiT's latents (--vae-distill, decoder-only runs).
+    at::Tensor distill_mu;
+    TensorMap teacher_w;
+    WanVaeConfig teacher_cfg;
+    if (!o.vae_distill.empty()) {
+        if (!o.vae_decoder_only)
+            throw std::runtime_error("--vae-distill needs --vae-decoder-only (the DiT's latent space must stay)");
+        teacher_w = load_safetensors(o.vae_distill + "/vae.safetensors");
+        teacher_cfg = detect_wan_vae_config(teacher_w);
+        distill_mu = dit_sample_latents(o, o.vae_distill, o.distill_samples, 1 + (o.vae_frames - 1) / 4);
+    }
     const double t0 = now_s();
-    double last_ck = t0, ema_mse = -1;
+    double last_ck = t0, ema_mse = -1, ema_distill = -1;
     auto save = [&]() {
         json m = {{"step", step},
                   {"trained_s", trained_s},
@@ -446,6 +520,22 @@ void stage_vae(const Options& o, double minutes) {
         at::Tensor rec = vae.decode(z);  // [B, 3, T, 64, 64]
         const double t_fwd = now_s();
         VaeLosses L = vae_loss(rec, b, o, mu);
+        if (distill_mu.defined()) {
+            at::Tensor zd = distill_mu.narrow(0, int64_t(rng() % uint64_t(distill_mu.size(0))), 1);
+            at::Tensor target;
+            {
+                torch::NoGradGuard ng;
+                target = TrainVae(teacher_w, teacher_cfg).decode(zd).clamp(-1, 1);
+            }
+            // Object pixels weigh --obj-weight here too. The teacher's frames have no mask; an object is where a
+            // pixel stands out from its frame's mean colour (the background covers most of every frame).
+            at::Tensor away = (target - target.mean({3, 4}, true)).abs().sum(1, true);  // [1, 1, T, H, W]
+            at::Tensor w = 1.0 + (o.obj_weight - 1.0) * away.gt(0.3).to(at::kFloat);
+            at::Tensor ld = (w * (vae.decode(zd) - target).abs()).mean() / w.mean();
+            L.total = L.total + o.distill_weight * ld;
+            const double v = ld.item<double>();
+            ema_distill = ema_distill < 0 ? v : 0.98 * ema_distill + 0.02 * v;
+        }
         set_lr(opt, lr_at(o.vae_lr, step));
         opt.zero_grad();
         L.total.backward();
@@ -459,8 +549,10 @@ void stage_vae(const Options& o, double minutes) {
         trained_s += now_s() - ts;
         ema_mse = ema_mse < 0 ? L.mse : 0.98 * ema_mse + 0.02 * L.mse;
         if (step % 25 == 0 || step == 1)
-            std::printf("vae step %lld  loss %.4f  l1 %.4f  edge %.4f  psnr(ema) %.2f dB  %.2f s/step\n",
-                        (long long)step, L.total.item<double>(), L.l1, L.edge, psnr_from_mse(ema_mse), now_s() - ts);
+            std::printf("vae step %lld  loss %.4f  l1 %.4f  edge %.4f  psnr(ema) %.2f dB%s  %.2f s/step\n",
+                        (long long)step, L.total.item<double>(), L.l1, L.edge, psnr_from_mse(ema_mse),
+                        ema_distill < 0 ? "" : ("  distill l1(ema) " + std::to_string(ema_distill)).c_str(),
+                        now_s() - ts);
         std::fflush(stdout);
         if (now_s() - last_ck > o.ckpt_minutes * 60) {
             save();
@@ -922,6 +1014,12 @@ int main(int argc, char** argv) {
     app.add_option("--vae-init", o.vae_init,
                    "start a fresh VAE run from this file's tensors where name and shape match (e.g. a frozen "
                    "encoder for --vae-decoder-only)");
+    app.add_option("--vae-distill", o.vae_distill,
+                   "decoder-only runs: also match this model folder's VAE decoder on latents its DiT generates "
+                   "(distillation onto the DiT's actual outputs)");
+    app.add_option("--distill-samples", o.distill_samples, "DiT rollouts made (once, cached) for --vae-distill")
+        ->capture_default_str();
+    app.add_option("--distill-weight", o.distill_weight, "weight of the --vae-distill L1 term")->capture_default_str();
     app.add_option("--vae-mult", o.vae_mult, "VAE stage width multipliers (4 entries)");
     app.add_option("--vae-res", o.vae_res, "residual blocks per VAE stage");
     app.add_option("--vae-batch", o.vae_batch);
