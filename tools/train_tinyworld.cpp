@@ -375,10 +375,12 @@ at::Tensor encode_text(const UMT5Encoder& enc, const std::vector<TokenBatch>& to
 // latents lie off the encoder's manifold (black and navy backgrounds meet there), and a decoder trained on encoder
 // latents alone decodes them its own way. Made once, cached under the state folder.
 at::Tensor dit_sample_latents(const Options& o, const std::string& dir, int n, int64_t f_lat) {
-    const std::string path = o.state + "/cache/dit_samples.safetensors";
-    if (file_exists(path)) {
+    const std::string path = o.state + "/cache/dit_samples.safetensors", meta = o.state + "/cache/dit_samples.json";
+    // The cache is only reused for the same model folder, count, length and seed.
+    const json key = {{"model", dir}, {"samples", n}, {"latent_frames", f_lat}, {"seed", o.seed}};
+    if (file_exists(path) && file_exists(meta) && read_json(meta) == key) {
         TensorMap m = load_safetensors(path);
-        if (m.count("mu") && m["mu"].size(0) == n && m["mu"].size(2) == f_lat)
+        if (m.count("mu"))
             return m["mu"].clone();
     }
     torch::NoGradGuard ng;
@@ -422,6 +424,7 @@ at::Tensor dit_sample_latents(const Options& o, const std::string& dir, int n, i
     at::Tensor mu = at::cat(all, 0).contiguous();
     make_dirs(o.state + "/cache");
     save_safetensors(path, {{"mu", mu}}, {{"model", dir}});
+    write_text_atomic(meta, key.dump(2));
     std::printf("vae: %d DiT rollouts of %lld latent frames from %s in %.0f s, cached in %s\n", n, (long long)f_lat,
                 dir.c_str(), now_s() - t0, path.c_str());
     return mu;
