@@ -368,7 +368,52 @@ json eval_vae_recon(const Options& o, const TensorMap& params, const WanVaeConfi
     return j;
 }
 
+// The encoder's tensors (encoder.*, conv1.*): what --vae-decoder-only freezes and --vae-init must supply in full.
+bool is_vae_encoder_tensor(const std::string& name) {
+    return name.rfind("encoder.", 0) == 0 || name.rfind("conv1.", 0) == 0;
+}
+
 at::Tensor encode_text(const UMT5Encoder& enc, const std::vector<TokenBatch>& toks, int64_t text_len);
+
+// An exported model folder's DiT, text encoder and tokenizer, for rollouts outside reel's pipeline: the eval stage
+// and the DiT samples of --vae-distill. The weight maps stay beside the modules built from them.
+struct FolderModel {
+    json man;
+    WanDitConfig dcfg;
+    TensorMap dit_w, text_w;
+    WanDit dit;
+    UMT5Encoder enc;
+    Tokenizer tok;
+
+    explicit FolderModel(const std::string& dir)
+        : man(read_json(dir + "/reel.json")),
+          dcfg(WanDitConfig::from_json(man["dit"]["config"])),
+          dit_w(load_safetensors(dir + "/dit.safetensors")),
+          text_w(load_safetensors(dir + "/text_encoder.safetensors")),
+          dit(dcfg, dit_w, c10::kCPU, at::kFloat),
+          enc(text_w, man["text_encoder"]["config"].get<UMT5Config>(), c10::kCPU, at::kFloat),
+          tok(Tokenizer::load(dir + "/tokenizer.model")) {}
+
+    // tinyworld's 8x8 latent frames in chunks of kChunk.
+    RolloutConfig rollout_config(uint64_t seed, double guidance) const {
+        RolloutConfig rc;
+        rc.chunk_frames = kChunk;
+        rc.latent_h = 8;
+        rc.latent_w = 8;
+        rc.channels = dcfg.in_dim;
+        rc.seed = seed;
+        rc.guidance = guidance;
+        return rc;
+    }
+
+    // The prompt's context rows, then the empty prompt's when guided (the engine's order: cond, uncond).
+    at::Tensor context(const std::string& prompt, double guidance) const {
+        std::vector<TokenBatch> tb{tok.tokenize(prompt, int(dcfg.text_len))};
+        if (guidance != 1.0)
+            tb.push_back(tok.tokenize("", int(dcfg.text_len)));
+        return encode_text(enc, tb, dcfg.text_len);
+    }
+};
 
 // Raw latents [N, z, F, 8, 8] of N rollouts of the model in `dir` (its DiT, text encoder, recommended cache and
 // guidance) on training prompts, F latent frames each: what a decoder has to decode at generation time. The DiT's
@@ -385,36 +430,21 @@ at::Tensor dit_sample_latents(const Options& o, const std::string& dir, int n, i
     }
     torch::NoGradGuard ng;
     const double t0 = now_s();
-    json man = read_json(dir + "/reel.json");
-    const WanDitConfig dcfg = WanDitConfig::from_json(man["dit"]["config"]);
-    TensorMap dw = load_safetensors(dir + "/dit.safetensors");
-    WanDit dit(dcfg, dw, c10::kCPU, at::kFloat);
-    TensorMap tw = load_safetensors(dir + "/text_encoder.safetensors");
-    UMT5Encoder enc(tw, man["text_encoder"]["config"].get<UMT5Config>(), c10::kCPU, at::kFloat);
-    Tokenizer tok = Tokenizer::load(dir + "/tokenizer.model");
-    const WanVaeConfig vc = man["vae"]["config"].get<WanVaeConfig>();
+    FolderModel fm(dir);  // non-const: a rollout writes the DiT's context
+    const WanVaeConfig vc = fm.man["vae"]["config"].get<WanVaeConfig>();
     const at::Tensor mean = at::tensor(vc.mean).view({1, -1, 1, 1, 1}),
                      stdv = at::tensor(vc.std_).view({1, -1, 1, 1, 1});
-    const json rec = man.value("recommended", json::object());
+    const json rec = fm.man.value("recommended", json::object());
     const CacheSpec spec = parse_cache_spec(rec.value("cache", std::string("full")), "none", "none", "");
+    const double guidance = rec.value("guidance", 1.0);
     const auto prompts = train_prompts();
     std::mt19937_64 rng(mix_seed(o.seed, 11, 0));
     std::vector<at::Tensor> all;
     for (int i = 0; i < n; ++i) {
         const std::string& prompt = prompts[rng() % prompts.size()];
-        std::unique_ptr<KVCache> cache = make_cache(spec, int(dcfg.num_layers));
-        RolloutConfig rc;
-        rc.chunk_frames = kChunk;
-        rc.latent_h = 8;
-        rc.latent_w = 8;
-        rc.channels = dcfg.in_dim;
-        rc.seed = 7000000 + uint64_t(i);
-        rc.guidance = rec.value("guidance", 1.0);
-        CausalRollout roll(dit, *cache, rc);
-        std::vector<TokenBatch> tb{tok.tokenize(prompt, int(dcfg.text_len))};
-        if (rc.guidance != 1.0)
-            tb.push_back(tok.tokenize("", int(dcfg.text_len)));
-        roll.set_context(encode_text(enc, tb, dcfg.text_len));
+        std::unique_ptr<KVCache> cache = make_cache(spec, int(fm.dcfg.num_layers));
+        CausalRollout roll(fm.dit, *cache, fm.rollout_config(7000000 + uint64_t(i), guidance));
+        roll.set_context(fm.context(prompt, guidance));
         std::vector<at::Tensor> chunks;
         for (int64_t f = 0; f < f_lat; f += kChunk)
             chunks.push_back(roll.next_chunk());                                           // [1, 3, C, 8, 8] normalized
@@ -437,7 +467,7 @@ void init_vae_from(const Options& o, TensorMap* params) {
     int enc_total = 0, enc_copied = 0, dec_total = 0, dec_copied = 0;
     torch::NoGradGuard ng;
     for (auto& kv : *params) {
-        const bool encoder = kv.first.rfind("encoder.", 0) == 0 || kv.first.rfind("conv1.", 0) == 0;
+        const bool encoder = is_vae_encoder_tensor(kv.first);
         (encoder ? enc_total : dec_total)++;
         auto it = init.find(kv.first);
         if (it == init.end() || it->second.sizes() != kv.second.sizes())
@@ -458,8 +488,7 @@ void stage_vae(const Options& o, double minutes) {
     TensorMap params = make_trainable(wan_vae_random_weights(cfg, true, o.seed));
     std::vector<torch::Tensor> trained;
     for (const auto& kv : params) {
-        const bool encoder = kv.first.rfind("encoder.", 0) == 0 || kv.first.rfind("conv1.", 0) == 0;
-        if (o.vae_decoder_only && encoder)
+        if (o.vae_decoder_only && is_vae_encoder_tensor(kv.first))
             kv.second.requires_grad_(false);
         else
             trained.push_back(kv.second);
@@ -853,15 +882,9 @@ void stage_dit(const Options& o, double minutes) {
 
 json stage_eval(const Options& o) {
     torch::NoGradGuard ng;
-    json man = read_json(o.out + "/reel.json");
-    const WanDitConfig dcfg = WanDitConfig::from_json(man["dit"]["config"]);
-    TensorMap dw = load_safetensors(o.out + "/dit.safetensors");
-    WanDit dit(dcfg, dw, c10::kCPU, at::kFloat);
+    FolderModel fm(o.out);
     TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
-    WanVae vae(vw, man["vae"]["config"].get<WanVaeConfig>(), c10::kCPU, at::kFloat, false);
-    TensorMap tw = load_safetensors(o.out + "/text_encoder.safetensors");
-    UMT5Encoder enc(tw, man["text_encoder"]["config"].get<UMT5Config>(), c10::kCPU, at::kFloat);
-    Tokenizer tok = Tokenizer::load(o.out + "/tokenizer.model");
+    WanVae vae(vw, fm.man["vae"]["config"].get<WanVaeConfig>(), c10::kCPU, at::kFloat, false);
 
     auto prompts = tinyworld_suite("eval");
     if (o.eval_prompts > 0 && size_t(o.eval_prompts) < prompts.size()) {
@@ -882,20 +905,11 @@ json stage_eval(const Options& o) {
                                                                                 : o.eval_cache,
                                             o.eval_merge, "none", "");
     for (size_t i = 0; i < prompts.size(); ++i) {
-        std::unique_ptr<KVCache> cache = make_cache(spec, int(dcfg.num_layers));
-        RolloutConfig rc;
-        rc.chunk_frames = kChunk;
-        rc.latent_h = 8;
-        rc.latent_w = 8;
-        rc.channels = dcfg.in_dim;
-        rc.seed = o.eval_seed + i;
-        rc.guidance = o.eval_guidance;
+        std::unique_ptr<KVCache> cache = make_cache(spec, int(fm.dcfg.num_layers));
+        RolloutConfig rc = fm.rollout_config(o.eval_seed + i, o.eval_guidance);
         rc.steps = o.eval_steps;
-        CausalRollout roll(dit, *cache, rc);
-        std::vector<TokenBatch> tb{tok.tokenize(prompts[i], int(dcfg.text_len))};
-        if (rc.guidance != 1.0)
-            tb.push_back(tok.tokenize("", int(dcfg.text_len)));
-        roll.set_context(encode_text(enc, tb, dcfg.text_len));
+        CausalRollout roll(fm.dit, *cache, rc);
+        roll.set_context(fm.context(prompts[i], o.eval_guidance));
         WanVaeDecodeStream dec(vae);
         std::vector<std::vector<uint8_t>> frames;
         for (int64_t c = 0; c < chunks; ++c) {
