@@ -185,6 +185,33 @@ TEST_F(Cli, JsonProgressEvents) {
     EXPECT_EQ(done, 1);
 }
 
+// The decode thread changes when the VAE runs, not what it computes: with one intra-op thread per stage the video
+// is byte-identical to a single-threaded sequential run, and a failing writer still stops the run with its error.
+TEST_F(Cli, DecodeThreadGivesTheSameVideo) {
+    const std::string base = "generate -m " + kToy + " -p 'a red fox' -n 33 -q --seed 3";
+    Result off = run(base + " --threads 1 --decode-thread off -o " + path("off.y4m"));
+    ASSERT_EQ(off.rc, 0) << off.err;
+    Result on = run(base + " --threads 2 --decode-thread on -o " + path("on.y4m"));
+    ASSERT_EQ(on.rc, 0) << on.err;
+    const std::string a = slurp(path("off.y4m")), b = slurp(path("on.y4m"));
+    ASSERT_GT(a.size(), 33u * 64 * 64 * 3);
+    EXPECT_TRUE(a == b) << "the decode thread changed the video";
+    nlohmann::json r_off = nlohmann::json::parse(slurp(path("off.y4m.json")));
+    nlohmann::json r_on = nlohmann::json::parse(slurp(path("on.y4m.json")));
+    EXPECT_FALSE(r_off["settings"]["decode_thread"].get<bool>());
+    EXPECT_TRUE(r_on["settings"]["decode_thread"].get<bool>());
+    EXPECT_EQ(r_on["settings"]["dit_threads"], 1);
+    EXPECT_EQ(r_on["settings"]["decode_threads"], 1);
+    EXPECT_EQ(r_on["frames"], 33);
+
+    // A writer that fails mid-run (a full disk): the error reaches the user from the decode thread too.
+    const std::string full = path("full.y4m");
+    ASSERT_EQ(symlink("/dev/full", full.c_str()), 0);
+    Result bad = run("generate -m " + kToy + " -p 'a red fox' -n 201 -q --decode-thread on -o " + full);
+    EXPECT_EQ(bad.rc, 1);
+    EXPECT_NE(bad.err.find("No space left on device"), std::string::npos) << bad.err;
+}
+
 // Ctrl-C mid-run: the run stops after the chunk in flight and the MP4 holds exactly the frames made.
 TEST_F(Cli, InterruptLeavesPlayableVideo) {
     const std::string mp4 = path("int.mp4"), err = path("int.err");
@@ -193,7 +220,7 @@ TEST_F(Cli, InterruptLeavesPlayableVideo) {
     if (pid == 0) {
         freopen(err.c_str(), "w", stderr);
         execl(kReel.c_str(), kReel.c_str(), "generate", "-m", kToy.c_str(), "-p", "a long one", "-n", "100000",
-              "--json", "-o", mp4.c_str(), (char*)nullptr);
+              "--decode-thread", "on", "--json", "-o", mp4.c_str(), (char*)nullptr);
         _exit(127);
     }
     // Wait for the second progress event, then interrupt.
@@ -241,6 +268,7 @@ TEST_F(Cli, BadInputGivesOneClearErrorAndNoJunk) {
         {"generate -m " + kToy + " -p 'a' --steps 1000,abc -o " + out, "--steps"},
         {"generate -m " + kToy + " -p 'a' --cache window:sink=1,recent=0 -o " + out, "recent"},
         {"generate -m " + kToy + " -p 'a' --device tpu -o " + out, "--device"},
+        {"generate -m " + kToy + " -p 'a' --decode-thread maybe -o " + out, "--decode-thread"},
         {"generate -m " + kToy + " -p 'a' --merge tempcash -o " + out, "--merge"},
         {"generate -m " + kToy + " -p 'a' --merge tempcache:tau=3 -o " + out, "tau"},
         {"generate -m " + kToy + " -p 'a' --kv-quant int3 -o " + out, "--kv-quant"},

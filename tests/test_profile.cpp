@@ -408,7 +408,8 @@ TEST_F(ProfileCli, InterruptStillWritesReports) {
         freopen(err.c_str(), "w", stderr);
         freopen(path("int.out").c_str(), "w", stdout);
         execl(kReel.c_str(), kReel.c_str(), "profile", "-m", kToy.c_str(), "-n", "100000", "--compare",
-              "full,window:sink=1,recent=3", "--json", "--out-dir", rep.c_str(), (char*)nullptr);
+              "full,window:sink=1,recent=3", "--decode-thread", "off", "--json", "--out-dir", rep.c_str(),
+              (char*)nullptr);
         _exit(127);
     }
     for (int i = 0; i < 600; ++i) {

@@ -92,6 +92,11 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
                     "older cache entries an approximate nearest-neighbour index retrieves for it; ivf probes nprobe "
                     "of nlist lists, hnsw has m links and search breadth ef, lsh uses `bits`-bit codes, flat and "
                     "topk are exact)");
+    sub->add_option("--decode-thread", s.decode_thread,
+                    "run the VAE decoder in its own thread, one chunk behind the DiT, each with half the threads: "
+                    "auto (on for CPU runs with 2+ threads), on, off")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"auto", "on", "off"}));
     sub->add_option("--cross-attn", s.cross_attn,
                     "cross-attention to the prompt: dense (default), or ann[:k=32] (AnnCA: each latent frame "
                     "attends only to the k prompt tokens that score highest against its mean query; the prompt's zero "

@@ -4,7 +4,9 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -94,7 +96,75 @@ at::Tensor encode_prompt(const UMT5Encoder& enc, const TokenBatch& tokens, int64
     return ctx;
 }
 
+// One chunk made by the DiT, on its way to the decoder.
+struct MadeChunk {
+    int64_t index = 0;
+    at::Tensor latent;  // [B, F, C, h, w]
+    ChunkTiming timing;
+    KVCacheStats stats;  // the cache right after this chunk (read on the DiT's thread, which owns the cache)
+};
+
+// A one-slot hand-off between the DiT thread and the decode thread: the DiT runs at most one chunk ahead, so
+// memory stays what it is without the thread.
+class ChunkHandoff {
+  public:
+    // Blocks while the slot is full; false once the consumer has failed.
+    bool push(MadeChunk&& mc) {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return !full_ || failed_; });
+        if (failed_)
+            return false;
+        slot_ = std::move(mc);
+        full_ = true;
+        cv_.notify_all();
+        return true;
+    }
+    // Blocks until a chunk arrives; false when the producer has closed and the slot is empty.
+    bool pop(MadeChunk& out) {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return full_ || closed_; });
+        if (!full_)
+            return false;
+        out = std::move(slot_);
+        slot_ = MadeChunk();
+        full_ = false;
+        cv_.notify_all();
+        return true;
+    }
+    void close() {
+        std::lock_guard<std::mutex> lock(mu_);
+        closed_ = true;
+        cv_.notify_all();
+    }
+    void fail() {
+        std::lock_guard<std::mutex> lock(mu_);
+        failed_ = true;
+        cv_.notify_all();
+    }
+
+  private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    MadeChunk slot_;
+    bool full_ = false, closed_ = false, failed_ = false;
+};
+
 }  // namespace
+
+ThreadSplit split_threads(const std::string& mode, const c10::Device& device, int threads) {
+    if (mode != "auto" && mode != "on" && mode != "off")
+        throw std::runtime_error("--decode-thread must be auto, on or off (got '" + mode + "')");
+    ThreadSplit t;
+    t.dit_threads = threads;
+    // On a GPU both stages queue work on one device; the thread would only add contention. On the CPU two
+    // stages of one intra-op thread each beat both ops split over two threads (small ops scale poorly).
+    t.overlap = mode == "on" || (mode == "auto" && !device.is_cuda() && threads >= 2);
+    if (t.overlap) {
+        t.dit_threads = std::max(1, (threads + 1) / 2);
+        t.decode_threads = std::max(1, threads - t.dit_threads);
+    }
+    return t;
+}
 
 struct Engine::Impl {
     ModelFiles files;
@@ -260,8 +330,81 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
     CausalRollout rollout(*m.dit, *cache, rc);
     WanVaeDecodeStream decoder(*m.vae);
 
+    // Decode and write, the second stage. With a decode thread it runs there, one chunk behind the DiT; the two
+    // stages share nothing mutable: the producer hands over the latent and a snapshot of its own numbers.
     ProgressEvent ev;
     ev.frames_total = total_frames;
+    auto consume = [&](const MadeChunk& mc) {
+        double t0 = now_seconds();
+        at::Tensor rgb;
+        {
+            at::NoGradGuard ng;
+            rgb = to_rgb8(decoder.push(mc.latent.permute({0, 2, 1, 3, 4})));  // [T, H, W, 3]
+        }
+        const double dt_decode = now_seconds() - t0;
+        t_decode += dt_decode;
+
+        t0 = now_seconds();
+        const int64_t n = rgb.size(0);
+        for (int64_t i = 0; i < n; ++i)
+            for (auto& w : writers)
+                w->write(rgb[i].data_ptr<uint8_t>());
+        written += n;
+        const double dt_encode = now_seconds() - t0;
+        t_encode += dt_encode;
+        chunks_done = mc.index + 1;
+
+        ev.chunk = mc.index;
+        ev.frames_done = written;
+        ev.elapsed_s = now_seconds() - t_start;
+        ev.kv_bytes = mc.stats.bytes;
+        ev.rss_bytes = current_rss_bytes();
+        progress.update(ev);
+        if (on_chunk) {
+            const KVCacheStats& st = mc.stats;
+            on_chunk({{"chunk", mc.index},
+                      {"frame", written},
+                      {"denoise_ms", mc.timing.denoise_ms},
+                      {"cache_pass_ms", mc.timing.cache_pass_ms},
+                      {"decode_ms", dt_decode * 1000},
+                      {"encode_ms", dt_encode * 1000},
+                      {"kv_bytes", st.bytes},
+                      {"kv_bytes_fp", st.bytes_fp},
+                      {"kv_bytes_quant", st.bytes_quant},
+                      {"kv_bytes_merged", st.bytes_merged},
+                      {"kv_bytes_live", st.bytes_live},
+                      {"kv_entries", st.entries},
+                      {"kv_merged_entries", st.merged_entries},
+                      {"merge_rate", st.merge_rate()},
+                      {"kv_frames", st.frames},
+                      {"rss_bytes", ev.rss_bytes},
+                      {"peak_rss_bytes", peak_rss_bytes()},
+                      {"gpu_allocated_bytes", cuda_allocated_bytes(m.device)},
+                      {"gpu_peak_bytes", cuda_peak_bytes(m.device)}});
+        }
+    };
+
+    const int threads_before = at::get_num_threads();
+    const ThreadSplit split = split_threads(s.decode_thread, m.device, threads_before);
+    std::unique_ptr<ChunkHandoff> handoff;
+    std::thread decode_worker;
+    std::string decode_error;
+    if (split.overlap) {
+        handoff.reset(new ChunkHandoff);
+        at::set_num_threads(split.dit_threads);
+        decode_worker = std::thread([&, dec_threads = split.decode_threads]() {
+            at::set_num_threads(dec_threads);
+            MadeChunk mc;
+            try {
+                while (handoff->pop(mc))
+                    consume(mc);
+            } catch (const std::exception& e) {
+                decode_error = e.what();
+                handoff->fail();  // the producer stops at its next hand-off
+            }
+        });
+    }
+
     try {
         double t0 = now_seconds();
         {
@@ -279,62 +422,28 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
                 interrupted = true;
                 break;
             }
-            at::Tensor lat = rollout.next_chunk();  // [B, F, C, h, w]
-            ChunkTiming ct = rollout.last_timing();
-            t_denoise += ct.denoise_ms / 1000.0;
-            t_cache += ct.cache_pass_ms / 1000.0;
-            peak_kv = std::max(peak_kv, cache->bytes());
-
-            t0 = now_seconds();
-            at::Tensor rgb;
-            {
-                at::NoGradGuard ng;
-                rgb = to_rgb8(decoder.push(lat.permute({0, 2, 1, 3, 4})));  // [T, H, W, 3]
-            }
-            const double dt_decode = now_seconds() - t0;
-            t_decode += dt_decode;
-
-            t0 = now_seconds();
-            const int64_t n = rgb.size(0);
-            for (int64_t i = 0; i < n; ++i)
-                for (auto& w : writers)
-                    w->write(rgb[i].data_ptr<uint8_t>());
-            written += n;
-            const double dt_encode = now_seconds() - t0;
-            t_encode += dt_encode;
-            chunks_done = c + 1;
-
-            ev.chunk = c;
-            ev.frames_done = written;
-            ev.elapsed_s = now_seconds() - t_start;
-            ev.kv_bytes = cache->bytes();
-            ev.rss_bytes = current_rss_bytes();
-            progress.update(ev);
-            if (on_chunk) {
-                const KVCacheStats st = cache->stats();
-                on_chunk({{"chunk", c},
-                          {"frame", written},
-                          {"denoise_ms", ct.denoise_ms},
-                          {"cache_pass_ms", ct.cache_pass_ms},
-                          {"decode_ms", dt_decode * 1000},
-                          {"encode_ms", dt_encode * 1000},
-                          {"kv_bytes", st.bytes},
-                          {"kv_bytes_fp", st.bytes_fp},
-                          {"kv_bytes_quant", st.bytes_quant},
-                          {"kv_bytes_merged", st.bytes_merged},
-                          {"kv_bytes_live", st.bytes_live},
-                          {"kv_entries", st.entries},
-                          {"kv_merged_entries", st.merged_entries},
-                          {"merge_rate", st.merge_rate()},
-                          {"kv_frames", st.frames},
-                          {"rss_bytes", ev.rss_bytes},
-                          {"peak_rss_bytes", peak_rss_bytes()},
-                          {"gpu_allocated_bytes", cuda_allocated_bytes(m.device)},
-                          {"gpu_peak_bytes", cuda_peak_bytes(m.device)}});
-            }
+            MadeChunk mc;
+            mc.index = c;
+            mc.latent = rollout.next_chunk();  // [B, F, C, h, w]
+            mc.timing = rollout.last_timing();
+            mc.stats = cache->stats();
+            t_denoise += mc.timing.denoise_ms / 1000.0;
+            t_cache += mc.timing.cache_pass_ms / 1000.0;
+            peak_kv = std::max(peak_kv, mc.stats.bytes);
+            if (!handoff)
+                consume(mc);
+            else if (!handoff->push(std::move(mc)))
+                break;  // the decode thread failed; its error is reported below
         }
     } catch (const std::exception& e) {
         error = e.what();
+    }
+    if (decode_worker.joinable()) {
+        handoff->close();  // the decoder finishes what it was handed: every chunk made reaches the video
+        decode_worker.join();
+        at::set_num_threads(threads_before);
+        if (error.empty())
+            error = decode_error;
     }
     for (auto& w : writers)
         w->close();  // finalizes what was made, even after an error or Ctrl-C
@@ -360,7 +469,10 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
                                {"cross_attn", cross_spec.describe()},
                                {"device", m.opts.device},
                                {"dtype", c10::toString(m.dtype)},
-                               {"threads", at::get_num_threads()},
+                               {"threads", threads_before},
+                               {"decode_thread", split.overlap},
+                               {"dit_threads", split.dit_threads},
+                               {"decode_threads", split.decode_threads},
                                {"ema", m.opts.ema},
                                {"output", s.output},
                                {"frames_dir", s.frames_dir}};

@@ -47,6 +47,7 @@ struct GenerateSettings {
     std::string cache_budget;  // --cache-budget: 256M, 1G, 21f (latent frames); "" = from the window
     std::string attn;          // --attn: dense | ann:index=ivf,k=64,nprobe=8,... ("" = dense)
     std::string cross_attn;    // --cross-attn: dense | ann:k=32 ("" = dense)
+    std::string decode_thread = "auto";  // --decode-thread: auto | on | off (VAE decode overlapping the DiT)
 };
 
 // What one run measured, also written as the run record.
@@ -84,5 +85,14 @@ int64_t pixel_frames_for_chunks(int64_t chunks, int chunk);
 int64_t chunks_for_pixel_frames(int64_t frames, int chunk);
 
 c10::Device parse_device(const std::string& s);
+
+// How a run splits its intra-op threads. With `overlap`, the VAE decodes chunk k in a thread of its own while the
+// DiT makes chunk k+1; "auto" turns it on for CPU runs with at least two threads.
+struct ThreadSplit {
+    bool overlap = false;
+    int dit_threads = 1;
+    int decode_threads = 0;  // 0 without overlap
+};
+ThreadSplit split_threads(const std::string& mode, const c10::Device& device, int threads);
 
 }  // namespace reel
