@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -68,6 +69,7 @@ struct Options {
     int distill_samples = 64;
     double distill_weight = 1.0;
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
+    double color_weight = 0;        // VAE: L1 on the object's mean colour per frame
     bool vae_decoder_only = false;  // encoder (encoder.*, conv1.*) frozen: the latent space, and so the DiT, stay
     // text encoder + DiT
     int dit_dim = 128, dit_layers = 4, dit_heads = 4, dit_ffn = 512, text_dim = 64, text_layers = 2, text_len = 24;
@@ -254,6 +256,7 @@ VaeBatch vae_batch(const std::vector<std::string>& prompts, int b, int t, std::m
 
 struct VaeLosses {
     at::Tensor total;
+    at::Tensor color;  // mean-colour L1 under the object mask (--color-weight), undefined when off
     double mse = 0, l1 = 0, edge = 0;
 };
 
@@ -271,6 +274,17 @@ VaeLosses vae_loss(const at::Tensor& rec, const VaeBatch& b, const Options& o, c
                       (wy * (dy(rec) - dy(b.video)).abs()).mean() / wy.mean();
     VaeLosses L;
     L.total = l1 + o.edge_weight * edge + 1e-3 * mu.pow(2).mean();
+    if (o.color_weight > 0) {
+        // The object's mean colour per frame, which pixel losses leave ambiguous: where the position is uncertain
+        // their optimum is a blur, and a blur of blue is as cheap as a blur of cyan. This term does not care where
+        // the object is, only what colour the pixels under it have.
+        at::Tensor area = b.mask.sum({3, 4});                                    // [B, 1, T]
+        at::Tensor c_rec = (rec * b.mask).sum({3, 4}) / area.clamp_min(1.0);     // [B, 3, T]
+        at::Tensor c_gt = (b.video * b.mask).sum({3, 4}) / area.clamp_min(1.0);  // [B, 3, T]
+        at::Tensor has = area.gt(0).to(rec.scalar_type());
+        L.color = ((c_rec - c_gt).abs() * has).sum() / (3.0 * has.sum().clamp_min(1.0));
+        L.total = L.total + o.color_weight * L.color;
+    }
     L.mse = d.detach().pow(2).mean().item<double>();
     L.l1 = l1.item<double>();
     L.edge = edge.item<double>();
@@ -353,6 +367,19 @@ json eval_vae_recon(const Options& o, const TensorMap& params, const WanVaeConfi
         n_obj += m.sum().item<double>() * 3;
         rec_reports.push_back(evaluate_frames(to_frames(rec), 64, 64, prompts[i]));
         gt_reports.push_back(evaluate_frames(to_frames(v), 64, 64, prompts[i]));
+        const EvalReport& r = rec_reports.back();
+        // What the evaluator saw instead: the largest blob's colour and shape, counted over the frames.
+        std::map<std::string, int> seen;
+        for (const FrameDetection& d : r.detections)
+            ++seen[d.blobs.empty() ? std::string("none")
+                                   : std::string(color_name(d.blobs[0].color)) + " " + shape_name(d.blobs[0].shape)];
+        std::string top;
+        for (const auto& kv : seen)
+            if (kv.second * 10 >= int(r.detections.size()))
+                top += " " + kv.first + ":" + std::to_string(kv.second);
+        std::printf(
+            "vae eval clip %2zu  overall %.3f  background %.2f  colour %.2f  shape %.2f  direction %.2f  %s  |%s\n", i,
+            r.overall, r.background, r.color, r.shape, r.direction, prompts[i].c_str(), top.c_str());
     }
     json j;
     j["clips"] = prompts.size();
@@ -581,9 +608,10 @@ void stage_vae(const Options& o, double minutes) {
         trained_s += now_s() - ts;
         ema_mse = ema_mse < 0 ? L.mse : 0.98 * ema_mse + 0.02 * L.mse;
         if (step % 25 == 0 || step == 1)
-            std::printf("vae step %lld  loss %.4f  l1 %.4f  edge %.4f  psnr(ema) %.2f dB%s  %.2f s/step\n",
+            std::printf("vae step %lld  loss %.4f  l1 %.4f  edge %.4f  psnr(ema) %.2f dB%s%s  %.2f s/step\n",
                         (long long)step, L.total.item<double>(), L.l1, L.edge, psnr_from_mse(ema_mse),
                         ema_distill < 0 ? "" : ("  distill l1(ema) " + std::to_string(ema_distill)).c_str(),
+                        L.color.defined() ? ("  colour l1 " + std::to_string(L.color.item<double>())).c_str() : "",
                         now_s() - ts);
         std::fflush(stdout);
         if (now_s() - last_ck > o.ckpt_minutes * 60) {
@@ -1046,6 +1074,10 @@ int main(int argc, char** argv) {
                  "train the VAE decoder only (encoder frozen): latents, and a DiT trained on them, stay valid");
     app.add_option("--obj-weight", o.obj_weight, "loss weight of object pixels");
     app.add_option("--edge-weight", o.edge_weight, "weight of the finite-difference (edge) L1 loss");
+    app.add_option("--color-weight", o.color_weight,
+                   "VAE: weight of an L1 on the object's mean colour per frame (what the pixel losses leave "
+                   "ambiguous under blur)")
+        ->capture_default_str();
     app.add_option("--latent-noise", o.latent_noise, "std of the noise added to latents before decoding");
     app.add_option("--dit-dim", o.dit_dim);
     app.add_option("--dit-layers", o.dit_layers);
