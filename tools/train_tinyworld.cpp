@@ -980,6 +980,82 @@ void stage_vae_eval(const Options& o) {
     std::printf("vae eval: %s\n", r.dump().c_str());
 }
 
+// ---------------------------------------------------------------- latent-probe: what the latent space keeps
+
+// How well the DiT's training latents (STATE/cache, encoded with OUT's VAE when absent) tell an object's colour and
+// the background apart: per latent frame, the mean latent over the cells the object touches and over the others
+// (32 features), classified by softmax regression and by a 128-unit MLP fitted on 80% of the clips and scored on the
+// rest. The DiT can only draw the colours its latent space distinguishes, and the decoder only paint them.
+void stage_latent_probe(const Options& o) {
+    const std::vector<std::string> prompts = train_prompts();
+    LatentSet data = build_latents(o, prompts);
+    const int64_t n = data.lat.size(0), f = data.lat.size(1);
+    std::vector<int64_t> colour, background;
+    for (int64_t i = 0; i < n; ++i) {
+        const SceneSpec sc = parse_prompt(prompts[size_t(data.prompt_of[size_t(i)])]);
+        colour.push_back(int64_t(sc.objects[0].color));
+        background.push_back(int64_t(sc.background));
+    }
+    at::Tensor w = data.obj.to(at::kFloat);  // [N, F, 1, h, w]
+    at::Tensor fo = (data.lat * w).sum({3, 4}) / w.sum({3, 4}).clamp_min(1e-6);
+    at::Tensor fb = (data.lat * (1 - w)).sum({3, 4}) / (1 - w).sum({3, 4}).clamp_min(1e-6);
+    at::Tensor x = at::cat({fo, fb}, 2).reshape({n * f, -1});  // [N*F, 2C]
+    at::Tensor present = w.sum({2, 3, 4}).gt(0).reshape({n * f});
+    const int64_t split = (n * 8 / 10) * f;  // whole clips on each side
+    json report;
+    auto probe = [&](const std::vector<int64_t>& per_clip, int classes, const char* what) {
+        at::Tensor y = at::tensor(per_clip).repeat_interleave(f);
+        at::Tensor tr = at::nonzero(present.narrow(0, 0, split)).squeeze(1);
+        at::Tensor te = at::nonzero(present.narrow(0, split, n * f - split)).squeeze(1) + split;
+        at::Tensor xtr = x.index_select(0, tr), xte = x.index_select(0, te);
+        at::Tensor ytr = y.index_select(0, tr), yte = y.index_select(0, te);
+        at::Tensor mu = xtr.mean(0), sd = xtr.std(0).clamp_min(1e-6);
+        xtr = (xtr - mu) / sd;
+        xte = (xte - mu) / sd;
+        for (int hidden : {0, 128}) {
+            torch::manual_seed(int64_t(o.seed));
+            torch::nn::Sequential net;
+            if (hidden == 0) {
+                net->push_back(torch::nn::Linear(x.size(1), classes));
+            } else {
+                net->push_back(torch::nn::Linear(x.size(1), hidden));
+                net->push_back(torch::nn::ReLU());
+                net->push_back(torch::nn::Linear(hidden, classes));
+            }
+            torch::optim::Adam opt(net->parameters(), 1e-2);
+            for (int it = 0; it < 600; ++it) {
+                opt.zero_grad();
+                torch::nn::functional::cross_entropy(net->forward(xtr), ytr).backward();
+                opt.step();
+            }
+            torch::NoGradGuard ng;
+            const at::Tensor pred = net->forward(xte).argmax(1);
+            const double acc_tr = net->forward(xtr).argmax(1).eq(ytr).to(at::kFloat).mean().item<double>();
+            const double acc_te = pred.eq(yte).to(at::kFloat).mean().item<double>();
+            const std::string kind = hidden ? "mlp" : "linear";
+            std::printf("latent probe: %s, %s: held-out clips %.3f (fit %.3f, %lld frames)\n", what, kind.c_str(),
+                        acc_te, acc_tr, (long long)yte.size(0));
+            report[what][kind] = {{"heldout_clips", acc_te}, {"fit", acc_tr}};
+            if (hidden && classes == kNumColors) {
+                // Confusions: row = the prompt's colour, the most frequent wrong answer.
+                for (int c = 0; c < classes; ++c) {
+                    at::Tensor rows = pred.index({yte.eq(c)});
+                    at::Tensor counts = at::bincount(rows, {}, classes);
+                    counts[c] = 0;
+                    const int64_t worst = counts.argmax().item<int64_t>();
+                    std::printf("latent probe:   %-8s right %.2f, most often taken for %s (%.2f)\n",
+                                color_name(Color(c)), rows.eq(c).to(at::kFloat).mean().item<double>(),
+                                color_name(Color(worst)),
+                                counts[worst].item<double>() / std::max<int64_t>(1, rows.numel()));
+                }
+            }
+        }
+    };
+    probe(colour, kNumColors, "object colour");
+    probe(background, 4, "background");
+    write_text_atomic(o.state + "/latent_probe.json", report.dump(2));
+}
+
 // ---------------------------------------------------------------- check: autograd reaches the weight maps
 
 void stage_check(const Options& o) {
@@ -1045,8 +1121,8 @@ int main(int argc, char** argv) {
     CLI::App app{"Train reel's tinyworld model (tiny Wan VAE + umT5 + causal Wan DiT) on the procedural world"};
     app.add_option("--out", o.out, "model folder to export (reel.json, *.safetensors, tokenizer.model)");
     app.add_option("--state", o.state, "resumable training state (checkpoints, cached latents, eval json)");
-    app.add_option("--stage", o.stage, "all | tokenizer | vae | vae-eval | dit | eval | check")
-        ->check(CLI::IsMember({"all", "tokenizer", "vae", "vae-eval", "dit", "eval", "check"}));
+    app.add_option("--stage", o.stage, "all | tokenizer | vae | vae-eval | dit | eval | latent-probe | check")
+        ->check(CLI::IsMember({"all", "tokenizer", "vae", "vae-eval", "dit", "eval", "latent-probe", "check"}));
     app.add_option("--minutes", o.minutes, "time budget of the stage (all: 30% VAE, 70% DiT)");
     app.add_option("--ckpt-minutes", o.ckpt_minutes, "checkpoint and export period");
     app.add_option("--max-steps", o.max_steps, "stop a training stage after this many steps in total (0: no limit)");
@@ -1134,6 +1210,8 @@ int main(int argc, char** argv) {
             stage_check(o);
         } else if (o.stage == "vae-eval") {
             stage_vae_eval(o);
+        } else if (o.stage == "latent-probe") {
+            stage_latent_probe(o);
         } else if (o.stage == "tokenizer") {
             stage_tokenizer(o);
         } else if (o.stage == "vae") {
