@@ -101,7 +101,10 @@ struct MadeChunk {
     int64_t index = 0;
     at::Tensor latent;  // [B, F, C, h, w]
     ChunkTiming timing;
-    KVCacheStats stats;  // the cache right after this chunk (read on the DiT's thread, which owns the cache)
+    // The cache right after this chunk, read on the DiT's thread, which owns the cache. The full stats walk the
+    // cache's entries, so they are taken only when a chunk observer asks for them.
+    int64_t kv_bytes = 0;
+    KVCacheStats stats;
 };
 
 // A one-slot hand-off between the DiT thread and the decode thread: the DiT runs at most one chunk ahead, so
@@ -357,7 +360,7 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         ev.chunk = mc.index;
         ev.frames_done = written;
         ev.elapsed_s = now_seconds() - t_start;
-        ev.kv_bytes = mc.stats.bytes;
+        ev.kv_bytes = mc.kv_bytes;
         ev.rss_bytes = current_rss_bytes();
         progress.update(ev);
         if (on_chunk) {
@@ -401,6 +404,9 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
             } catch (const std::exception& e) {
                 decode_error = e.what();
                 handoff->fail();  // the producer stops at its next hand-off
+            } catch (...) {
+                decode_error = "unknown error while decoding or writing a chunk";
+                handoff->fail();
             }
         });
     }
@@ -426,10 +432,12 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
             mc.index = c;
             mc.latent = rollout.next_chunk();  // [B, F, C, h, w]
             mc.timing = rollout.last_timing();
-            mc.stats = cache->stats();
+            mc.kv_bytes = cache->bytes();
+            if (on_chunk)
+                mc.stats = cache->stats();
             t_denoise += mc.timing.denoise_ms / 1000.0;
             t_cache += mc.timing.cache_pass_ms / 1000.0;
-            peak_kv = std::max(peak_kv, mc.stats.bytes);
+            peak_kv = std::max(peak_kv, mc.kv_bytes);
             if (!handoff)
                 consume(mc);
             else if (!handoff->push(std::move(mc)))
