@@ -389,24 +389,23 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
 
     const int threads_before = at::get_num_threads();
     const ThreadSplit split = split_threads(s.decode_thread, m.device, threads_before);
-    std::unique_ptr<ChunkHandoff> handoff;
+    ChunkHandoff handoff;  // used only with split.overlap
     std::thread decode_worker;
     std::string decode_error;
     if (split.overlap) {
-        handoff.reset(new ChunkHandoff);
         at::set_num_threads(split.dit_threads);
         decode_worker = std::thread([&, dec_threads = split.decode_threads]() {
             at::set_num_threads(dec_threads);
             MadeChunk mc;
             try {
-                while (handoff->pop(mc))
+                while (handoff.pop(mc))
                     consume(mc);
             } catch (const std::exception& e) {
                 decode_error = e.what();
-                handoff->fail();  // the producer stops at its next hand-off
+                handoff.fail();  // the producer stops at its next hand-off
             } catch (...) {
                 decode_error = "unknown error while decoding or writing a chunk";
-                handoff->fail();
+                handoff.fail();
             }
         });
     }
@@ -438,16 +437,16 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
             t_denoise += mc.timing.denoise_ms / 1000.0;
             t_cache += mc.timing.cache_pass_ms / 1000.0;
             peak_kv = std::max(peak_kv, mc.kv_bytes);
-            if (!handoff)
+            if (!split.overlap)
                 consume(mc);
-            else if (!handoff->push(std::move(mc)))
+            else if (!handoff.push(std::move(mc)))
                 break;  // the decode thread failed; its error is reported below
         }
     } catch (const std::exception& e) {
         error = e.what();
     }
-    if (decode_worker.joinable()) {
-        handoff->close();  // the decoder finishes what it was handed: every chunk made reaches the video
+    if (split.overlap) {
+        handoff.close();  // the decoder finishes what it was handed: every chunk made reaches the video
         decode_worker.join();
         at::set_num_threads(threads_before);
         if (error.empty())
