@@ -70,6 +70,7 @@ struct Options {
     double distill_weight = 1.0;
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
     double color_weight = 0;        // VAE: L1 on the object's mean colour per frame
+    double prompt_weight = 0;       // VAE: L1 of decoded DiT rollouts against their prompt's two colours
     bool vae_decoder_only = false;  // encoder (encoder.*, conv1.*) frozen: the latent space, and so the DiT, stay
     // text encoder + DiT
     int dit_dim = 128, dit_layers = 4, dit_heads = 4, dit_ffn = 512, text_dim = 64, text_layers = 2, text_len = 24;
@@ -291,6 +292,29 @@ VaeLosses vae_loss(const at::Tensor& rec, const VaeBatch& b, const Options& o, c
     return L;
 }
 
+// Decoded DiT rollout [1, 3, T, H, W] against the colours its prompt names (--prompt-weight), returned as
+// {background term, object term}. A rollout has no ground truth, but the world paints the background and the object
+// in exactly two known colours. `obj` [1, 1, T, H, W] marks where the teacher's decode of the same latents stands
+// out from its frame (what the distillation weighs up). The rest is pulled to the background colour, and the mean
+// colour under `obj`, per frame, to the object's. The decoder sees latents only, so this teaches it how the DiT
+// writes each colour, not which colour a prompt wants: where the DiT writes two colours alike, the decoder can only
+// split the difference.
+std::pair<at::Tensor, at::Tensor> prompt_colour_loss(const at::Tensor& rec,
+                                                     const at::Tensor& obj,
+                                                     const SceneSpec& scene) {
+    auto unit = [](const Rgb& c) {
+        return at::tensor({float(c[0]), float(c[1]), float(c[2])}).div(127.5f).sub(1.0f).view({1, 3, 1, 1, 1});
+    };
+    const at::Tensor bg = unit(background_rgb(scene.background)), fg = unit(palette_rgb(scene.objects[0].color));
+    at::Tensor back = 1 - obj;
+    at::Tensor l_bg = ((rec - bg).abs() * back).sum() / (3.0 * back.sum().clamp_min(1.0));
+    at::Tensor area = obj.sum({3, 4});                                  // [1, 1, T]
+    at::Tensor mean_c = (rec * obj).sum({3, 4}) / area.clamp_min(1.0);  // [1, 3, T]
+    at::Tensor has = area.ge(8).to(rec.scalar_type());                  // a few stray pixels are not an object
+    at::Tensor l_fg = ((mean_c - fg.view({1, 3, 1})).abs() * has).sum() / (3.0 * has.sum().clamp_min(1.0));
+    return {l_bg, l_fg};
+}
+
 double psnr_from_mse(double mse) {
     // pixels in [-1, 1]: peak-to-peak 2
     return 10.0 * std::log10(4.0 / std::max(mse, 1e-12));
@@ -442,6 +466,17 @@ struct FolderModel {
     }
 };
 
+// The training prompt of each rollout of dit_sample_latents, in order: a function of the seed alone, so rollouts
+// cached by an older build keep theirs.
+std::vector<size_t> dit_sample_prompts(const Options& o, int n) {
+    const size_t n_prompts = train_prompts().size();
+    std::mt19937_64 rng(mix_seed(o.seed, 11, 0));
+    std::vector<size_t> ids;
+    for (int i = 0; i < n; ++i)
+        ids.push_back(size_t(rng() % n_prompts));
+    return ids;
+}
+
 // Raw latents [N, z, F, 8, 8] of N rollouts of the model in `dir` (its DiT, text encoder, recommended cache and
 // guidance) on training prompts, F latent frames each: what a decoder has to decode at generation time. The DiT's
 // latents lie off the encoder's manifold (black and navy backgrounds meet there), and a decoder trained on encoder
@@ -465,10 +500,10 @@ at::Tensor dit_sample_latents(const Options& o, const std::string& dir, int n, i
     const CacheSpec spec = parse_cache_spec(rec.value("cache", std::string("full")), "none", "none", "");
     const double guidance = rec.value("guidance", 1.0);
     const auto prompts = train_prompts();
-    std::mt19937_64 rng(mix_seed(o.seed, 11, 0));
+    const std::vector<size_t> ids = dit_sample_prompts(o, n);
     std::vector<at::Tensor> all;
     for (int i = 0; i < n; ++i) {
-        const std::string& prompt = prompts[rng() % prompts.size()];
+        const std::string& prompt = prompts[ids[size_t(i)]];
         std::unique_ptr<KVCache> cache = make_cache(spec, int(fm.dcfg.num_layers));
         CausalRollout roll(fm.dit, *cache, fm.rollout_config(7000000 + uint64_t(i), guidance));
         roll.set_context(fm.context(prompt, guidance));
@@ -540,6 +575,7 @@ void stage_vae(const Options& o, double minutes) {
     auto prompts = train_prompts();
     // Distillation: the teacher's decoder on its own DiT's latents (--vae-distill, decoder-only runs).
     at::Tensor distill_mu;
+    std::vector<size_t> sample_prompt;  // rollout -> training prompt
     TensorMap teacher_w;
     WanVaeConfig teacher_cfg;
     if (!o.vae_distill.empty()) {
@@ -548,9 +584,12 @@ void stage_vae(const Options& o, double minutes) {
         teacher_w = load_safetensors(o.vae_distill + "/vae.safetensors");
         teacher_cfg = detect_wan_vae_config(teacher_w);
         distill_mu = dit_sample_latents(o, o.vae_distill, o.distill_samples, 1 + (o.vae_frames - 1) / 4);
+        sample_prompt = dit_sample_prompts(o, o.distill_samples);
+    } else if (o.prompt_weight > 0) {
+        throw std::runtime_error("--prompt-weight needs --vae-distill (its DiT rollouts are what it decodes)");
     }
     const double t0 = now_s();
-    double last_ck = t0, ema_mse = -1, ema_distill = -1;
+    double last_ck = t0, ema_mse = -1, ema_distill = -1, ema_prompt_bg = -1, ema_prompt_obj = -1;
     auto save = [&]() {
         json m = {{"step", step},
                   {"trained_s", trained_s},
@@ -580,20 +619,33 @@ void stage_vae(const Options& o, double minutes) {
         const double t_fwd = now_s();
         VaeLosses L = vae_loss(rec, b, o, mu);
         if (distill_mu.defined()) {
-            at::Tensor zd = distill_mu.narrow(0, int64_t(rng() % uint64_t(distill_mu.size(0))), 1);
+            const int64_t r = int64_t(rng() % uint64_t(distill_mu.size(0)));
+            at::Tensor zd = distill_mu.narrow(0, r, 1);
+            at::Tensor rec_d = vae.decode(zd);  // [1, 3, T, H, W]
             at::Tensor target;
             {
                 torch::NoGradGuard ng;
                 target = TrainVae(teacher_w, teacher_cfg).decode(zd).clamp(-1, 1);
             }
-            // Object pixels weigh --obj-weight here too. The teacher's frames have no mask; an object is where a
-            // pixel stands out from its frame's mean colour (the background covers most of every frame).
+            // The teacher's frames have no mask; an object is where a pixel stands out from its frame's mean colour
+            // (the background covers most of every frame).
             at::Tensor away = (target - target.mean({3, 4}, true)).abs().sum(1, true);  // [1, 1, T, H, W]
-            at::Tensor w = 1.0 + (o.obj_weight - 1.0) * away.gt(0.3).to(at::kFloat);
-            at::Tensor ld = (w * (vae.decode(zd) - target).abs()).mean() / w.mean();
-            L.total = L.total + o.distill_weight * ld;
-            const double v = ld.item<double>();
-            ema_distill = ema_distill < 0 ? v : 0.98 * ema_distill + 0.02 * v;
+            at::Tensor obj = away.gt(0.3).to(at::kFloat);
+            if (o.distill_weight > 0) {
+                // Object pixels weigh --obj-weight here too.
+                at::Tensor w = 1.0 + (o.obj_weight - 1.0) * obj;
+                at::Tensor ld = (w * (rec_d - target).abs()).mean() / w.mean();
+                L.total = L.total + o.distill_weight * ld;
+                const double v = ld.item<double>();
+                ema_distill = ema_distill < 0 ? v : 0.98 * ema_distill + 0.02 * v;
+            }
+            if (o.prompt_weight > 0) {
+                auto lp = prompt_colour_loss(rec_d, obj, parse_prompt(prompts[sample_prompt[size_t(r)]]));
+                L.total = L.total + o.prompt_weight * (lp.first + lp.second);
+                const double vb = lp.first.item<double>(), vf = lp.second.item<double>();
+                ema_prompt_bg = ema_prompt_bg < 0 ? vb : 0.98 * ema_prompt_bg + 0.02 * vb;
+                ema_prompt_obj = ema_prompt_obj < 0 ? vf : 0.98 * ema_prompt_obj + 0.02 * vf;
+            }
         }
         set_lr(opt, lr_at(o.vae_lr, step));
         opt.zero_grad();
@@ -610,7 +662,13 @@ void stage_vae(const Options& o, double minutes) {
         if (step % 25 == 0 || step == 1)
             std::printf("vae step %lld  loss %.4f  l1 %.4f  edge %.4f  psnr(ema) %.2f dB%s%s  %.2f s/step\n",
                         (long long)step, L.total.item<double>(), L.l1, L.edge, psnr_from_mse(ema_mse),
-                        ema_distill < 0 ? "" : ("  distill l1(ema) " + std::to_string(ema_distill)).c_str(),
+                        (ema_distill < 0
+                             ? std::string()
+                             : "  distill l1(ema) " + std::to_string(ema_distill) +
+                                   (ema_prompt_bg < 0 ? std::string()
+                                                      : "  prompt l1(ema) background " + std::to_string(ema_prompt_bg) +
+                                                            " object " + std::to_string(ema_prompt_obj)))
+                            .c_str(),
                         L.color.defined() ? ("  colour l1 " + std::to_string(L.color.item<double>())).c_str() : "",
                         now_s() - ts);
         std::fflush(stdout);
@@ -1150,6 +1208,10 @@ int main(int argc, char** argv) {
                  "train the VAE decoder only (encoder frozen): latents, and a DiT trained on them, stay valid");
     app.add_option("--obj-weight", o.obj_weight, "loss weight of object pixels");
     app.add_option("--edge-weight", o.edge_weight, "weight of the finite-difference (edge) L1 loss");
+    app.add_option("--prompt-weight", o.prompt_weight,
+                   "decoder: weight of an L1 pulling decoded --vae-distill rollouts to their prompt's background and "
+                   "object colours")
+        ->capture_default_str();
     app.add_option("--color-weight", o.color_weight,
                    "VAE: weight of an L1 on the object's mean colour per frame (what the pixel losses leave "
                    "ambiguous under blur)")
