@@ -67,6 +67,7 @@ struct Options {
     std::string vae_init;     // VAE file whose tensors of matching name and shape start a fresh run (e.g. its encoder)
     std::string vae_distill;  // model folder whose DiT's latents the decoder learns to decode like that folder's VAE
     int distill_samples = 64;
+    int distill_frames = 0;  // latent frames per rollout (0: a training clip's); longer ones are decoded in windows
     double distill_weight = 1.0;
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
     double color_weight = 0;        // VAE: L1 on the object's mean colour per frame
@@ -583,7 +584,9 @@ void stage_vae(const Options& o, double minutes) {
             throw std::runtime_error("--vae-distill needs --vae-decoder-only (the DiT's latent space must stay)");
         teacher_w = load_safetensors(o.vae_distill + "/vae.safetensors");
         teacher_cfg = detect_wan_vae_config(teacher_w);
-        distill_mu = dit_sample_latents(o, o.vae_distill, o.distill_samples, 1 + (o.vae_frames - 1) / 4);
+        const int64_t clip_lat = 1 + (o.vae_frames - 1) / 4;
+        distill_mu = dit_sample_latents(o, o.vae_distill, o.distill_samples,
+                                        std::max<int64_t>(clip_lat, int64_t(o.distill_frames)));
         sample_prompt = dit_sample_prompts(o, o.distill_samples);
     } else if (o.prompt_weight > 0) {
         throw std::runtime_error("--prompt-weight needs --vae-distill (its DiT rollouts are what it decodes)");
@@ -620,7 +623,13 @@ void stage_vae(const Options& o, double minutes) {
         VaeLosses L = vae_loss(rec, b, o, mu);
         if (distill_mu.defined()) {
             const int64_t r = int64_t(rng() % uint64_t(distill_mu.size(0)));
-            at::Tensor zd = distill_mu.narrow(0, r, 1);
+            // A window of a training clip's length. Rollouts longer than that (--distill-frames) show the decoder the
+            // latents of later frames, where the DiT's colours drift; half the windows still start at the video's
+            // start.
+            const int64_t win = std::min<int64_t>(distill_mu.size(2), 1 + (o.vae_frames - 1) / 4);
+            const int64_t spare = distill_mu.size(2) - win;
+            const int64_t off = spare > 0 && rng() % 2 == 1 ? int64_t(1 + rng() % uint64_t(spare)) : 0;
+            at::Tensor zd = distill_mu.narrow(0, r, 1).narrow(2, off, win);
             at::Tensor rec_d = vae.decode(zd);  // [1, 3, T, H, W]
             at::Tensor target;
             {
@@ -1196,6 +1205,10 @@ int main(int argc, char** argv) {
     app.add_option("--vae-distill", o.vae_distill,
                    "decoder-only runs: also match this model folder's VAE decoder on latents its DiT generates "
                    "(distillation onto the DiT's actual outputs)");
+    app.add_option("--distill-frames", o.distill_frames,
+                   "latent frames per --vae-distill rollout (default: a training clip's); longer rollouts are decoded "
+                   "in windows of a clip's length, half of them starting past the first frame")
+        ->capture_default_str();
     app.add_option("--distill-samples", o.distill_samples, "DiT rollouts made (once, cached) for --vae-distill")
         ->capture_default_str();
     app.add_option("--distill-weight", o.distill_weight, "weight of the --vae-distill L1 term")->capture_default_str();
