@@ -256,6 +256,17 @@ VaeBatch vae_batch(const std::vector<std::string>& prompts, int b, int t, std::m
     return {at::stack(vs), at::stack(ms)};
 }
 
+// Mean colour [B, 3, T] of video [B, 3, T, H, W] under mask [B, 1, T, H, W] per frame, with the mask's area [B, 1, T].
+std::pair<at::Tensor, at::Tensor> masked_mean_colour(const at::Tensor& video, const at::Tensor& mask) {
+    at::Tensor area = mask.sum({3, 4});
+    return {(video * mask).sum({3, 4}) / area.clamp_min(1.0), area};
+}
+
+// L1 between mean colours [B, 3, T], averaged over the frames `has` [B, 1, T] marks.
+at::Tensor mean_colour_l1(const at::Tensor& a, const at::Tensor& b, const at::Tensor& has) {
+    return ((a - b).abs() * has).sum() / (3.0 * has.sum().clamp_min(1.0));
+}
+
 struct VaeLosses {
     at::Tensor total;
     at::Tensor color;  // mean-colour L1 under the object mask (--color-weight), undefined when off
@@ -280,11 +291,9 @@ VaeLosses vae_loss(const at::Tensor& rec, const VaeBatch& b, const Options& o, c
         // The object's mean colour per frame, which pixel losses leave ambiguous: where the position is uncertain
         // their optimum is a blur, and a blur of blue is as cheap as a blur of cyan. This term does not care where
         // the object is, only what colour the pixels under it have.
-        at::Tensor area = b.mask.sum({3, 4});                                    // [B, 1, T]
-        at::Tensor c_rec = (rec * b.mask).sum({3, 4}) / area.clamp_min(1.0);     // [B, 3, T]
-        at::Tensor c_gt = (b.video * b.mask).sum({3, 4}) / area.clamp_min(1.0);  // [B, 3, T]
-        at::Tensor has = area.gt(0).to(rec.scalar_type());
-        L.color = ((c_rec - c_gt).abs() * has).sum() / (3.0 * has.sum().clamp_min(1.0));
+        auto rec_c = masked_mean_colour(rec, b.mask);
+        const at::Tensor gt_c = masked_mean_colour(b.video, b.mask).first;
+        L.color = mean_colour_l1(rec_c.first, gt_c, rec_c.second.gt(0).to(rec.scalar_type()));
         L.total = L.total + o.color_weight * L.color;
     }
     L.mse = d.detach().pow(2).mean().item<double>();
@@ -309,10 +318,9 @@ std::pair<at::Tensor, at::Tensor> prompt_colour_loss(const at::Tensor& rec,
     const at::Tensor bg = unit(background_rgb(scene.background)), fg = unit(palette_rgb(scene.objects[0].color));
     at::Tensor back = 1 - obj;
     at::Tensor l_bg = ((rec - bg).abs() * back).sum() / (3.0 * back.sum().clamp_min(1.0));
-    at::Tensor area = obj.sum({3, 4});                                  // [1, 1, T]
-    at::Tensor mean_c = (rec * obj).sum({3, 4}) / area.clamp_min(1.0);  // [1, 3, T]
-    at::Tensor has = area.ge(8).to(rec.scalar_type());                  // a few stray pixels are not an object
-    at::Tensor l_fg = ((mean_c - fg.view({1, 3, 1})).abs() * has).sum() / (3.0 * has.sum().clamp_min(1.0));
+    auto rec_c = masked_mean_colour(rec, obj);
+    // A few stray pixels are not an object.
+    at::Tensor l_fg = mean_colour_l1(rec_c.first, fg.view({1, 3, 1}), rec_c.second.ge(8).to(rec.scalar_type()));
     return {l_bg, l_fg};
 }
 
@@ -574,9 +582,10 @@ void stage_vae(const Options& o, double minutes) {
                 (long long)count_params(params), cfg.dim, cfg.decoder_dim(), cfg.num_res_blocks, o.vae_batch,
                 o.vae_frames);
     auto prompts = train_prompts();
+    const int64_t clip_lat = 1 + (o.vae_frames - 1) / 4;  // latent frames of a training clip
     // Distillation: the teacher's decoder on its own DiT's latents (--vae-distill, decoder-only runs).
     at::Tensor distill_mu;
-    std::vector<size_t> sample_prompt;  // rollout -> training prompt
+    std::vector<SceneSpec> sample_scene;  // rollout -> its training prompt's scene
     TensorMap teacher_w;
     WanVaeConfig teacher_cfg;
     if (!o.vae_distill.empty()) {
@@ -584,10 +593,10 @@ void stage_vae(const Options& o, double minutes) {
             throw std::runtime_error("--vae-distill needs --vae-decoder-only (the DiT's latent space must stay)");
         teacher_w = load_safetensors(o.vae_distill + "/vae.safetensors");
         teacher_cfg = detect_wan_vae_config(teacher_w);
-        const int64_t clip_lat = 1 + (o.vae_frames - 1) / 4;
         distill_mu = dit_sample_latents(o, o.vae_distill, o.distill_samples,
                                         std::max<int64_t>(clip_lat, int64_t(o.distill_frames)));
-        sample_prompt = dit_sample_prompts(o, o.distill_samples);
+        for (size_t p : dit_sample_prompts(o, o.distill_samples))
+            sample_scene.push_back(parse_prompt(prompts[p]));
     } else if (o.prompt_weight > 0) {
         throw std::runtime_error("--prompt-weight needs --vae-distill (its DiT rollouts are what it decodes)");
     }
@@ -626,10 +635,9 @@ void stage_vae(const Options& o, double minutes) {
             // A window of a training clip's length. Rollouts longer than that (--distill-frames) show the decoder the
             // latents of later frames, where the DiT's colours drift; half the windows still start at the video's
             // start.
-            const int64_t win = std::min<int64_t>(distill_mu.size(2), 1 + (o.vae_frames - 1) / 4);
-            const int64_t spare = distill_mu.size(2) - win;
+            const int64_t spare = distill_mu.size(2) - clip_lat;
             const int64_t off = spare > 0 && rng() % 2 == 1 ? int64_t(1 + rng() % uint64_t(spare)) : 0;
-            at::Tensor zd = distill_mu.narrow(0, r, 1).narrow(2, off, win);
+            at::Tensor zd = distill_mu.narrow(0, r, 1).narrow(2, off, clip_lat);
             at::Tensor rec_d = vae.decode(zd);  // [1, 3, T, H, W]
             at::Tensor target;
             {
@@ -649,7 +657,7 @@ void stage_vae(const Options& o, double minutes) {
                 ema_distill = ema_distill < 0 ? v : 0.98 * ema_distill + 0.02 * v;
             }
             if (o.prompt_weight > 0) {
-                auto lp = prompt_colour_loss(rec_d, obj, parse_prompt(prompts[sample_prompt[size_t(r)]]));
+                auto lp = prompt_colour_loss(rec_d, obj, sample_scene[size_t(r)]);
                 L.total = L.total + o.prompt_weight * (lp.first + lp.second);
                 const double vb = lp.first.item<double>(), vf = lp.second.item<double>();
                 ema_prompt_bg = ema_prompt_bg < 0 ? vb : 0.98 * ema_prompt_bg + 0.02 * vb;
@@ -668,18 +676,19 @@ void stage_vae(const Options& o, double minutes) {
         ++step;
         trained_s += now_s() - ts;
         ema_mse = ema_mse < 0 ? L.mse : 0.98 * ema_mse + 0.02 * L.mse;
-        if (step % 25 == 0 || step == 1)
-            std::printf("vae step %lld  loss %.4f  l1 %.4f  edge %.4f  psnr(ema) %.2f dB%s%s  %.2f s/step\n",
-                        (long long)step, L.total.item<double>(), L.l1, L.edge, psnr_from_mse(ema_mse),
-                        (ema_distill < 0
-                             ? std::string()
-                             : "  distill l1(ema) " + std::to_string(ema_distill) +
-                                   (ema_prompt_bg < 0 ? std::string()
-                                                      : "  prompt l1(ema) background " + std::to_string(ema_prompt_bg) +
-                                                            " object " + std::to_string(ema_prompt_obj)))
-                            .c_str(),
-                        L.color.defined() ? ("  colour l1 " + std::to_string(L.color.item<double>())).c_str() : "",
+        if (step % 25 == 0 || step == 1) {
+            std::string extra;
+            if (ema_distill >= 0)
+                extra += "  distill l1(ema) " + std::to_string(ema_distill);
+            if (ema_prompt_bg >= 0)
+                extra += "  prompt l1(ema) background " + std::to_string(ema_prompt_bg) + " object " +
+                         std::to_string(ema_prompt_obj);
+            if (L.color.defined())
+                extra += "  colour l1 " + std::to_string(L.color.item<double>());
+            std::printf("vae step %lld  loss %.4f  l1 %.4f  edge %.4f  psnr(ema) %.2f dB%s  %.2f s/step\n",
+                        (long long)step, L.total.item<double>(), L.l1, L.edge, psnr_from_mse(ema_mse), extra.c_str(),
                         now_s() - ts);
+        }
         std::fflush(stdout);
         if (now_s() - last_ck > o.ckpt_minutes * 60) {
             save();
