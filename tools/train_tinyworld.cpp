@@ -70,9 +70,13 @@ struct Options {
     int distill_frames = 0;  // latent frames per rollout (0: a training clip's); longer ones are decoded in windows
     double distill_weight = 1.0;
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
-    double color_weight = 0;        // VAE: L1 on the object's mean colour per frame
-    double prompt_weight = 0;       // VAE: L1 of decoded DiT rollouts against their prompt's two colours
-    bool vae_decoder_only = false;  // encoder (encoder.*, conv1.*) frozen: the latent space, and so the DiT, stay
+    double color_weight = 0;         // VAE: L1 on the object's mean colour per frame
+    double prompt_weight = 0;        // VAE: L1 of decoded DiT rollouts against their prompt's two colours
+    double latent_class_weight = 0;  // VAE (joint): cross-entropy of linear colour/background heads on the latents
+    double gan_weight = 0;           // VAE: hinge GAN loss of a frame patch discriminator
+    int gan_frames = 16;             // VAE: frames per step the discriminator judges (of each source)
+    int gan_warmup = 50;             // VAE: discriminator-only steps before its loss reaches the decoder
+    bool vae_decoder_only = false;   // encoder (encoder.*, conv1.*) frozen: the latent space, and so the DiT, stay
     // text encoder + DiT
     int dit_dim = 128, dit_layers = 4, dit_heads = 4, dit_ffn = 512, text_dim = 64, text_layers = 2, text_len = 24;
     int dit_batch = 16, chunks = 4, clips_per_prompt = 2, latent_clips = 0;
@@ -242,9 +246,14 @@ void stage_tokenizer(const Options& o) {
 
 struct VaeBatch {
     at::Tensor video, mask;  // [B, 3, T, H, W], [B, 1, T, H, W]
+    // Per clip: the first object's colour and the background (Color / Background values), and whether the clip has
+    // a single object (only those train the latent heads: a second object's colour would share the mask).
+    std::vector<int64_t> colour, background;
+    std::vector<bool> single;
 };
 
 VaeBatch vae_batch(const std::vector<std::string>& prompts, int b, int t, std::mt19937_64& rng) {
+    VaeBatch out;
     std::vector<at::Tensor> vs, ms;
     for (int i = 0; i < b; ++i) {
         SceneSpec s = parse_prompt(prompts[rng() % prompts.size()]);
@@ -252,8 +261,13 @@ VaeBatch vae_batch(const std::vector<std::string>& prompts, int b, int t, std::m
         render_clip(s, rng(), int64_t(rng() % 4096), t, &v, &m);
         vs.push_back(v);
         ms.push_back(m);
+        out.colour.push_back(int64_t(s.objects[0].color));
+        out.background.push_back(int64_t(s.background));
+        out.single.push_back(s.objects.size() == 1);
     }
-    return {at::stack(vs), at::stack(ms)};
+    out.video = at::stack(vs);
+    out.mask = at::stack(ms);
+    return out;
 }
 
 // Mean colour [B, 3, T] of video [B, 3, T, H, W] under mask [B, 1, T, H, W] per frame, with the mask's area [B, 1, T].
@@ -322,6 +336,111 @@ std::pair<at::Tensor, at::Tensor> prompt_colour_loss(const at::Tensor& rec,
     // A few stray pixels are not an object.
     at::Tensor l_fg = mean_colour_l1(rec_c.first, fg.view({1, 3, 1}), rec_c.second.ge(8).to(rec.scalar_type()));
     return {l_bg, l_fg};
+}
+
+// Linear heads on the latents (--latent-class-weight): the object's colour and the background, from the latent
+// pooled under the object and over the rest, as `--stage latent-probe` measures them. The DiT learns the latents
+// with an MSE, so a colour the encoder writes only faintly costs the DiT little when it gets it wrong: the heads'
+// cross-entropy pushes the encoder to write each colour in a direction of its own. They train with the VAE and are
+// not exported.
+struct LatentHeads {
+    TensorMap w;  // "colour.weight" [8, 2z], "colour.bias", "background.weight" [4, 2z], "background.bias"
+    LatentHeads(int64_t z, uint64_t seed) {
+        at::Generator g = make_gen(seed);
+        auto lin = [&](const std::string& name, int64_t out) {
+            w[name + ".weight"] = at::randn({out, 2 * z}, g, at::kFloat).mul_(0.1).requires_grad_(true);
+            w[name + ".bias"] = at::zeros({out}, at::kFloat).requires_grad_(true);
+        };
+        lin("colour", kNumColors);
+        lin("background", 4);
+    }
+    std::vector<torch::Tensor> params() const {
+        std::vector<torch::Tensor> v;
+        for (const auto& kv : w)
+            v.push_back(kv.second);
+        return v;
+    }
+};
+
+struct LatentClassLoss {
+    at::Tensor total;
+    double colour_acc = 0, background_acc = 0;
+};
+
+// mu: [B, z, T', h, w] latents of batch `b` (T' = 1 + (T - 1) / 4, the causal VAE's first latent frame holding one
+// pixel frame and each later one four).
+LatentClassLoss latent_class_loss(const at::Tensor& mu, const VaeBatch& b, const LatentHeads& heads) {
+    const int64_t B = mu.size(0), T = b.mask.size(2), Tl = mu.size(2);
+    const int64_t f = b.mask.size(3) / mu.size(3);
+    // The object's share of every latent cell: pixel frames grouped as the encoder groups them, then f x f cells.
+    at::Tensor m =
+        at::cat({b.mask.narrow(2, 0, 1),
+                 b.mask.narrow(2, 1, T - 1).reshape({B, 1, Tl - 1, 4, b.mask.size(3), b.mask.size(4)}).mean(3)},
+                2);
+    m = at::avg_pool3d(m, {1, f, f});                                                  // [B, 1, T', h, w]
+    at::Tensor fo = (mu * m).sum({3, 4}) / m.sum({3, 4}).clamp_min(1e-6);              // [B, z, T']
+    at::Tensor fb = (mu * (1 - m)).sum({3, 4}) / (1 - m).sum({3, 4}).clamp_min(1e-6);  // [B, z, T']
+    at::Tensor x = at::cat({fo, fb}, 1).permute({0, 2, 1}).reshape({B * Tl, -1});      // [B*T', 2z]
+    std::vector<float> keep;
+    for (int64_t i = 0; i < B; ++i)
+        for (int64_t t = 0; t < Tl; ++t)
+            keep.push_back(b.single[size_t(i)] ? 1.0f : 0.0f);
+    // A latent frame without the object (it can wrap out of sight only partly, but be safe) says nothing of its colour.
+    at::Tensor present = m.sum({1, 3, 4}).reshape({B * Tl}).gt(0.05).to(at::kFloat);
+    at::Tensor k = at::tensor(keep) * present;
+    auto head = [&](const std::string& name, const std::vector<int64_t>& per_clip, double* acc) {
+        at::Tensor y = at::tensor(per_clip).repeat_interleave(Tl);
+        at::Tensor logits = at::linear(x, heads.w.at(name + ".weight"), heads.w.at(name + ".bias"));
+        at::Tensor ce = torch::nn::functional::cross_entropy(
+            logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+        *acc = ((logits.argmax(1).eq(y).to(at::kFloat) * k).sum() / k.sum().clamp_min(1.0)).item<double>();
+        return (ce * k).sum() / k.sum().clamp_min(1.0);
+    };
+    LatentClassLoss L;
+    L.total = head("colour", b.colour, &L.colour_acc) + head("background", b.background, &L.background_acc);
+    return L;
+}
+
+// A patch discriminator on single frames (--gan-weight). Pixel losses make the decoder paint the mean of what the
+// latents leave open, and where a corner's exact place is open that mean is round: a blurred square is a circle to the
+// evaluator. The discriminator tells a world frame's hard-edged shapes from such blurs, and its loss makes the decoder
+// commit to one. Receptive field 38 px (an object is 16 px across); 8 x 8 patch logits per 64 x 64 frame.
+struct FrameDisc {
+    torch::nn::Sequential net;
+    explicit FrameDisc(uint64_t seed) {
+        torch::manual_seed(int64_t(seed));
+        auto conv = [](int64_t in, int64_t out, int64_t k, int64_t stride) {
+            return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(1));
+        };
+        auto act = []() { return torch::nn::LeakyReLU(torch::nn::LeakyReLUOptions().negative_slope(0.2)); };
+        net = torch::nn::Sequential(conv(3, 32, 4, 2), act(), conv(32, 64, 4, 2), act(), conv(64, 64, 4, 2), act(),
+                                    conv(64, 1, 3, 1));
+    }
+    // x: [N, 3, H, W] in [-1, 1] -> [N, 1, H / 8, W / 8] logits
+    at::Tensor operator()(const at::Tensor& x) { return net->forward(x); }
+    TensorMap state() const {
+        TensorMap m;
+        for (const auto& kv : net->named_parameters())
+            m[kv.key()] = kv.value().detach().clone();
+        return m;
+    }
+    void load(const TensorMap& m) {
+        torch::NoGradGuard ng;
+        for (auto& kv : net->named_parameters())
+            kv.value().copy_(m.at(kv.key()));
+    }
+};
+
+// Frames `idx` of video [B, 3, T, H, W] as [N, 3, H, W].
+at::Tensor pick_frames(const at::Tensor& v, const at::Tensor& idx) {
+    return v.permute({0, 2, 1, 3, 4}).reshape({-1, v.size(1), v.size(3), v.size(4)}).index_select(0, idx);
+}
+
+at::Tensor random_frames(int64_t total, int n, std::mt19937_64& rng) {
+    std::vector<int64_t> v;
+    for (int i = 0; i < n; ++i)
+        v.push_back(int64_t(rng() % uint64_t(total)));
+    return at::tensor(v);
 }
 
 double psnr_from_mse(double mse) {
@@ -600,8 +719,39 @@ void stage_vae(const Options& o, double minutes) {
     } else if (o.prompt_weight > 0) {
         throw std::runtime_error("--prompt-weight needs --vae-distill (its DiT rollouts are what it decodes)");
     }
+    std::unique_ptr<LatentHeads> heads;
+    std::unique_ptr<torch::optim::Adam> head_opt;
+    if (o.latent_class_weight > 0) {
+        if (o.vae_decoder_only)
+            throw std::runtime_error("--latent-class-weight trains the encoder: it cannot go with --vae-decoder-only");
+        heads = std::make_unique<LatentHeads>(cfg.z_dim, mix_seed(o.seed, 7, 0));
+        // The heads' own state lives beside the checkpoint; their optimizer starts afresh on resume (they refit in a
+        // few dozen steps).
+        if (o.resume && file_exists(o.state + "/vae_heads.safetensors")) {
+            TensorMap saved = load_safetensors(o.state + "/vae_heads.safetensors");
+            for (auto& kv : heads->w) {
+                torch::NoGradGuard ng;
+                kv.second.copy_(saved.at(kv.first));
+            }
+        }
+        head_opt = std::make_unique<torch::optim::Adam>(heads->params(), torch::optim::AdamOptions(1e-2));
+    }
+    std::unique_ptr<FrameDisc> disc;
+    std::unique_ptr<torch::optim::Adam> disc_opt;
+    int64_t disc_steps = 0;  // discriminator updates so far (its warm-up ends at --gan-warmup)
+    if (o.gan_weight > 0) {
+        disc = std::make_unique<FrameDisc>(mix_seed(o.seed, 8, 0));
+        const std::string f = o.state + "/vae_disc.safetensors";
+        if (o.resume && file_exists(f)) {
+            disc->load(load_safetensors(f));
+            disc_steps = o.gan_warmup;  // a saved discriminator has been warmed up
+        }
+        disc_opt = std::make_unique<torch::optim::Adam>(disc->net->parameters(),
+                                                        torch::optim::AdamOptions(1e-4).betas({0.5, 0.9}));
+    }
     const double t0 = now_s();
     double last_ck = t0, ema_mse = -1, ema_distill = -1, ema_prompt_bg = -1, ema_prompt_obj = -1;
+    double ema_cls_colour = -1, ema_cls_bg = -1, ema_d_real = 0, ema_d_fake = 0;
     auto save = [&]() {
         json m = {{"step", step},
                   {"trained_s", trained_s},
@@ -610,6 +760,10 @@ void stage_vae(const Options& o, double minutes) {
                   {"train_psnr_ema", psnr_from_mse(ema_mse)},
                   {"decoder_only", o.vae_decoder_only}};
         ck.save(params, opt, m);
+        if (heads)
+            save_safetensors(o.state + "/vae_heads.safetensors", detached(heads->w), {{"format", "pt"}});
+        if (disc)
+            save_safetensors(o.state + "/vae_disc.safetensors", disc->state(), {{"format", "pt"}});
         export_vae(o, params, cfg);
     };
     while (now_s() - t0 < minutes * 60 && (o.max_steps <= 0 || step < o.max_steps)) {
@@ -630,6 +784,13 @@ void stage_vae(const Options& o, double minutes) {
         at::Tensor rec = vae.decode(z);  // [B, 3, T, 64, 64]
         const double t_fwd = now_s();
         VaeLosses L = vae_loss(rec, b, o, mu);
+        at::Tensor rec_rollout;  // the decoded DiT rollout of this step, when distilling
+        if (heads) {
+            LatentClassLoss C = latent_class_loss(mu, b, *heads);
+            L.total = L.total + o.latent_class_weight * C.total;
+            ema_cls_colour = ema_cls_colour < 0 ? C.colour_acc : 0.98 * ema_cls_colour + 0.02 * C.colour_acc;
+            ema_cls_bg = ema_cls_bg < 0 ? C.background_acc : 0.98 * ema_cls_bg + 0.02 * C.background_acc;
+        }
         if (distill_mu.defined()) {
             const int64_t r = int64_t(rng() % uint64_t(distill_mu.size(0)));
             // A window of a training clip's length. Rollouts longer than that (--distill-frames) show the decoder the
@@ -639,6 +800,7 @@ void stage_vae(const Options& o, double minutes) {
             const int64_t off = spare > 0 && rng() % 2 == 1 ? int64_t(1 + rng() % uint64_t(spare)) : 0;
             at::Tensor zd = distill_mu.narrow(0, r, 1).narrow(2, off, clip_lat);
             at::Tensor rec_d = vae.decode(zd);  // [1, 3, T, H, W]
+            rec_rollout = rec_d;
             at::Tensor target;
             {
                 torch::NoGradGuard ng;
@@ -664,12 +826,36 @@ void stage_vae(const Options& o, double minutes) {
                 ema_prompt_obj = ema_prompt_obj < 0 ? vf : 0.98 * ema_prompt_obj + 0.02 * vf;
             }
         }
+        at::Tensor fake, real;  // [N, 3, H, W] frames for the discriminator
+        if (disc) {
+            const int64_t T = rec.size(2);
+            fake = pick_frames(rec, random_frames(rec.size(0) * T, o.gan_frames, rng));
+            real = pick_frames(b.video, random_frames(b.video.size(0) * T, o.gan_frames, rng));
+            if (rec_rollout.defined())
+                fake = at::cat({fake, pick_frames(rec_rollout, random_frames(rec_rollout.size(2), o.gan_frames, rng))});
+            if (disc_steps >= o.gan_warmup)
+                L.total = L.total - o.gan_weight * (*disc)(fake).mean();
+        }
         set_lr(opt, lr_at(o.vae_lr, step));
         opt.zero_grad();
+        if (head_opt)
+            head_opt->zero_grad();
         L.total.backward();
+        if (disc) {
+            // Hinge loss; the decoder's step above only read the discriminator, whose gradients are discarded here.
+            disc_opt->zero_grad();
+            at::Tensor d_real = (*disc)(real), d_fake = (*disc)(fake.detach());
+            (at::relu(1 - d_real).mean() + at::relu(1 + d_fake).mean()).backward();
+            disc_opt->step();
+            ++disc_steps;
+            ema_d_real = 0.95 * ema_d_real + 0.05 * d_real.mean().item<double>();
+            ema_d_fake = 0.95 * ema_d_fake + 0.05 * d_fake.mean().item<double>();
+        }
         const double t_bwd = now_s();
         clip_grad(params, 1.0);
         opt.step();
+        if (head_opt)
+            head_opt->step();
         if (step < 3)
             std::printf("vae step timing: data+forward %.2f s, loss+backward %.2f s, optimizer %.2f s\n", t_fwd - ts,
                         t_bwd - t_fwd, now_s() - t_bwd);
@@ -685,6 +871,11 @@ void stage_vae(const Options& o, double minutes) {
                          std::to_string(ema_prompt_obj);
             if (L.color.defined())
                 extra += "  colour l1 " + std::to_string(L.color.item<double>());
+            if (disc)
+                extra += "  disc(ema) real " + std::to_string(ema_d_real) + " fake " + std::to_string(ema_d_fake);
+            if (heads)
+                extra += "  latent heads (ema acc) colour " + std::to_string(ema_cls_colour) + " background " +
+                         std::to_string(ema_cls_bg);
             std::printf("vae step %lld  loss %.4f  l1 %.4f  edge %.4f  psnr(ema) %.2f dB%s  %.2f s/step\n",
                         (long long)step, L.total.item<double>(), L.l1, L.edge, psnr_from_mse(ema_mse), extra.c_str(),
                         now_s() - ts);
@@ -1066,20 +1257,42 @@ void stage_latent_probe(const Options& o) {
     const std::vector<std::string> prompts = train_prompts();
     LatentSet data = build_latents(o, prompts);
     const int64_t n = data.lat.size(0), f = data.lat.size(1);
-    std::vector<int64_t> colour, background;
+    std::vector<int64_t> colour, background, shape;
     for (int64_t i = 0; i < n; ++i) {
         const SceneSpec sc = parse_prompt(prompts[size_t(data.prompt_of[size_t(i)])]);
         colour.push_back(int64_t(sc.objects[0].color));
         background.push_back(int64_t(sc.background));
+        shape.push_back(int64_t(sc.objects[0].shape));
     }
     at::Tensor w = data.obj.to(at::kFloat);  // [N, F, 1, h, w]
     at::Tensor fo = (data.lat * w).sum({3, 4}) / w.sum({3, 4}).clamp_min(1e-6);
     at::Tensor fb = (data.lat * (1 - w)).sum({3, 4}) / (1 - w).sum({3, 4}).clamp_min(1e-6);
-    at::Tensor x = at::cat({fo, fb}, 2).reshape({n * f, -1});  // [N*F, 2C]
+    at::Tensor pooled = at::cat({fo, fb}, 2).reshape({n * f, -1});  // [N*F, 2C]
     at::Tensor present = w.sum({2, 3, 4}).gt(0).reshape({n * f});
+    // Shape needs the latents' spatial pattern, not their mean: a 5 x 5 window of cells centred on the object (the
+    // circular mean of the cells it touches, the world being a torus).
+    at::Tensor crops;
+    {
+        const int64_t h = data.lat.size(3), wd = data.lat.size(4), win = 5;
+        at::Tensor lat = data.lat.reshape({n * f, data.lat.size(2), h, wd});
+        at::Tensor ob = data.obj.reshape({n * f, h, wd}).to(at::kFloat);
+        auto centre = [&](int64_t dim, int64_t size) {  // [N*F] circular mean cell index along dim (1: rows)
+            at::Tensor idx = at::arange(size, at::kFloat) * (2 * M_PI / double(size));
+            at::Tensor m = ob.sum(dim == 1 ? 2 : 1);  // [N*F, size]
+            at::Tensor a = at::atan2((m * idx.sin()).sum(1), (m * idx.cos()).sum(1));
+            return at::round(a / (2 * M_PI / double(size))).to(at::kLong).remainder(size);
+        };
+        at::Tensor cy = centre(1, h), cx = centre(2, wd);
+        std::vector<at::Tensor> rows;
+        for (int64_t i = 0; i < n * f; ++i) {
+            at::Tensor r = at::roll(lat[i], {win / 2 - cy[i].item<int64_t>(), win / 2 - cx[i].item<int64_t>()}, {1, 2});
+            rows.push_back(r.narrow(1, 0, win).narrow(2, 0, win).reshape({-1}));
+        }
+        crops = at::stack(rows);  // [N*F, C * 25]
+    }
     const int64_t split = (n * 8 / 10) * f;  // whole clips on each side
     json report;
-    auto probe = [&](const std::vector<int64_t>& per_clip, int classes, const char* what) {
+    auto probe = [&](const at::Tensor& x, const std::vector<int64_t>& per_clip, int classes, const char* what) {
         at::Tensor y = at::tensor(per_clip).repeat_interleave(f);
         at::Tensor tr = at::nonzero(present.narrow(0, 0, split)).squeeze(1);
         at::Tensor te = at::nonzero(present.narrow(0, split, n * f - split)).squeeze(1) + split;
@@ -1127,8 +1340,9 @@ void stage_latent_probe(const Options& o) {
             }
         }
     };
-    probe(colour, kNumColors, "object colour");
-    probe(background, 4, "background");
+    probe(pooled, colour, kNumColors, "object colour");
+    probe(pooled, background, 4, "background");
+    probe(crops, shape, kNumShapes, "shape");
     write_text_atomic(o.state + "/latent_probe.json", report.dump(2));
 }
 
@@ -1136,10 +1350,12 @@ void stage_latent_probe(const Options& o) {
 
 void stage_check(const Options& o) {
     Options s = o;
-    auto report = [](const char* what, const TensorMap& m) {
+    auto report = [](const char* what, const TensorMap& m, int part = 0) {  // part: 1 encoder only, 2 decoder only
         int64_t with = 0, total = 0;
         std::string missing;
         for (const auto& kv : m) {
+            if (part != 0 && is_vae_encoder_tensor(kv.first) != (part == 1))
+                continue;
             ++total;
             if (kv.second.grad().defined() && kv.second.grad().abs().sum().item<double>() > 0)
                 ++with;
@@ -1169,6 +1385,18 @@ void stage_check(const Options& o) {
         TrainVae vae(p, cfg);
         vae.decode(vae.encode(x)).pow(2).mean().backward();
         report("vae", p);
+        // The latent heads' cross-entropy (--latent-class-weight) must reach every encoder tensor, and the
+        // discriminator's loss (--gan-weight) every decoder tensor.
+        for (auto& kv : p)
+            kv.second.mutable_grad() = at::Tensor();
+        std::mt19937_64 rng(1);
+        const VaeBatch b = vae_batch(train_prompts(), 2, 9, rng);
+        at::Tensor mu = vae.encode(b.video);
+        latent_class_loss(mu, b, LatentHeads(cfg.z_dim, 3)).total.backward();
+        report("vae encoder, latent heads' loss", p, 1);
+        FrameDisc disc(4);
+        (-disc(pick_frames(vae.decode(mu.detach()), at::arange(18))).mean()).backward();
+        report("vae decoder, discriminator's loss", p, 2);
     }
     {
         WanDitConfig dc = dit_config(s);
@@ -1234,6 +1462,15 @@ int main(int argc, char** argv) {
                    "decoder: weight of an L1 pulling decoded --vae-distill rollouts to their prompt's background and "
                    "object colours")
         ->capture_default_str();
+    app.add_option("--gan-weight", o.gan_weight,
+                   "VAE: weight of a hinge GAN loss from a frame patch discriminator (against blur that rounds "
+                   "squares; the discriminator is saved beside the checkpoint)");
+    app.add_option("--gan-frames", o.gan_frames, "VAE: frames per step the discriminator judges, of each source");
+    app.add_option("--gan-warmup", o.gan_warmup, "VAE: discriminator-only steps before its loss reaches the decoder");
+    app.add_option("--latent-class-weight", o.latent_class_weight,
+                   "VAE, encoder trained: weight of a cross-entropy of linear heads telling the object's colour and "
+                   "the background from the pooled latents (makes the latent space keep colour apart; heads not "
+                   "exported)");
     app.add_option("--color-weight", o.color_weight,
                    "VAE: weight of an L1 on the object's mean colour per frame (what the pixel losses leave "
                    "ambiguous under blur)")
