@@ -404,7 +404,8 @@ LatentClassLoss latent_class_loss(const at::Tensor& mu, const VaeBatch& b, const
 // A patch discriminator on single frames (--gan-weight). Pixel losses make the decoder paint the mean of what the
 // latents leave open, and where a corner's exact place is open that mean is round: a blurred square is a circle to the
 // evaluator. The discriminator tells a world frame's hard-edged shapes from such blurs, and its loss makes the decoder
-// commit to one. Receptive field 38 px (an object is 16 px across); 8 x 8 patch logits per 64 x 64 frame.
+// commit to one. Receptive field 38 px (an object is 16 px across); it judges 32 x 32 crops around the object
+// (object_crops), 4 x 4 patch logits each.
 struct FrameDisc {
     torch::nn::Sequential net;
     explicit FrameDisc(uint64_t seed) {
@@ -416,7 +417,7 @@ struct FrameDisc {
         net = torch::nn::Sequential(conv(3, 32, 4, 2), act(), conv(32, 64, 4, 2), act(), conv(64, 64, 4, 2), act(),
                                     conv(64, 1, 3, 1));
     }
-    // x: [N, 3, H, W] in [-1, 1] -> [N, 1, H / 8, W / 8] logits
+    // x: [N, 3, h, w] in [-1, 1] -> [N, 1, h / 8, w / 8] logits
     at::Tensor operator()(const at::Tensor& x) { return net->forward(x); }
     TensorMap state() const {
         TensorMap m;
@@ -434,6 +435,28 @@ struct FrameDisc {
 // Frames `idx` of video [B, 3, T, H, W] as [N, 3, H, W].
 at::Tensor pick_frames(const at::Tensor& v, const at::Tensor& idx) {
     return v.permute({0, 2, 1, 3, 4}).reshape({-1, v.size(1), v.size(3), v.size(4)}).index_select(0, idx);
+}
+
+// Frames `idx` of video [B, 3, T, H, W], each rolled on the torus so that the centroid of its `mask` [B, 1, T, H, W]
+// (the object) sits in the middle, then cropped to size x size: [N, 3, size, size]. Most of a frame is flat
+// background, which a decoder gets right and a discriminator can only shrug at; the crops show it the object.
+at::Tensor object_crops(const at::Tensor& v, const at::Tensor& mask, const at::Tensor& idx, int64_t size) {
+    at::Tensor f = pick_frames(v, idx);
+    at::Tensor m = pick_frames(mask, idx).squeeze(1);  // [N, H, W]
+    const int64_t H = f.size(2), W = f.size(3);
+    auto centre = [&](int dim, int64_t n) {  // circular mean of the mask along rows (dim 1) or columns (dim 2)
+        at::Tensor a = at::arange(n, at::kFloat) * (2 * M_PI / double(n));
+        at::Tensor w = m.sum(dim == 1 ? 2 : 1);  // [N, n]
+        at::Tensor ang = at::atan2((w * a.sin()).sum(1), (w * a.cos()).sum(1));
+        return at::round(ang / (2 * M_PI / double(n))).to(at::kLong).remainder(n);
+    };
+    at::Tensor cy = centre(1, H), cx = centre(2, W);
+    std::vector<at::Tensor> out;
+    for (int64_t i = 0; i < f.size(0); ++i) {
+        at::Tensor r = at::roll(f[i], {size / 2 - cy[i].item<int64_t>(), size / 2 - cx[i].item<int64_t>()}, {1, 2});
+        out.push_back(r.narrow(1, 0, size).narrow(2, 0, size));
+    }
+    return at::stack(out);
 }
 
 at::Tensor random_frames(int64_t total, int n, std::mt19937_64& rng) {
@@ -747,7 +770,7 @@ void stage_vae(const Options& o, double minutes) {
             disc_steps = o.gan_warmup;  // a saved discriminator has been warmed up
         }
         disc_opt = std::make_unique<torch::optim::Adam>(disc->net->parameters(),
-                                                        torch::optim::AdamOptions(1e-4).betas({0.5, 0.9}));
+                                                        torch::optim::AdamOptions(2e-4).betas({0.5, 0.9}));
     }
     const double t0 = now_s();
     double last_ck = t0, ema_mse = -1, ema_distill = -1, ema_prompt_bg = -1, ema_prompt_obj = -1;
@@ -784,7 +807,8 @@ void stage_vae(const Options& o, double minutes) {
         at::Tensor rec = vae.decode(z);  // [B, 3, T, 64, 64]
         const double t_fwd = now_s();
         VaeLosses L = vae_loss(rec, b, o, mu);
-        at::Tensor rec_rollout;  // the decoded DiT rollout of this step, when distilling
+        at::Tensor rec_rollout,
+            rollout_obj;  // the decoded DiT rollout of this step and its object mask, when distilling
         if (heads) {
             LatentClassLoss C = latent_class_loss(mu, b, *heads);
             L.total = L.total + o.latent_class_weight * C.total;
@@ -810,6 +834,7 @@ void stage_vae(const Options& o, double minutes) {
             // (the background covers most of every frame).
             at::Tensor away = (target - target.mean({3, 4}, true)).abs().sum(1, true);  // [1, 1, T, H, W]
             at::Tensor obj = away.gt(0.3).to(at::kFloat);
+            rollout_obj = obj;
             if (o.distill_weight > 0) {
                 // Object pixels weigh --obj-weight here too.
                 at::Tensor w = 1.0 + (o.obj_weight - 1.0) * obj;
@@ -828,11 +853,13 @@ void stage_vae(const Options& o, double minutes) {
         }
         at::Tensor fake, real;  // [N, 3, H, W] frames for the discriminator
         if (disc) {
-            const int64_t T = rec.size(2);
-            fake = pick_frames(rec, random_frames(rec.size(0) * T, o.gan_frames, rng));
-            real = pick_frames(b.video, random_frames(b.video.size(0) * T, o.gan_frames, rng));
+            // The same frames, same crops: real and decoded differ only in what the decoder made of them.
+            const at::Tensor idx = random_frames(rec.size(0) * rec.size(2), o.gan_frames, rng);
+            fake = object_crops(rec, b.mask, idx, 32);
+            real = object_crops(b.video, b.mask, idx, 32);
             if (rec_rollout.defined())
-                fake = at::cat({fake, pick_frames(rec_rollout, random_frames(rec_rollout.size(2), o.gan_frames, rng))});
+                fake = at::cat({fake, object_crops(rec_rollout, rollout_obj,
+                                                   random_frames(rec_rollout.size(2), o.gan_frames, rng), 32)});
             if (disc_steps >= o.gan_warmup)
                 L.total = L.total - o.gan_weight * (*disc)(fake).mean();
         }
@@ -1395,7 +1422,7 @@ void stage_check(const Options& o) {
         latent_class_loss(mu, b, LatentHeads(cfg.z_dim, 3)).total.backward();
         report("vae encoder, latent heads' loss", p, 1);
         FrameDisc disc(4);
-        (-disc(pick_frames(vae.decode(mu.detach()), at::arange(18))).mean()).backward();
+        (-disc(object_crops(vae.decode(mu.detach()), b.mask, at::arange(18), 32)).mean()).backward();
         report("vae decoder, discriminator's loss", p, 2);
     }
     {
