@@ -338,6 +338,33 @@ std::pair<at::Tensor, at::Tensor> prompt_colour_loss(const at::Tensor& rec,
     return {l_bg, l_fg};
 }
 
+// Mean of x [..., C, h, w] under mask [..., 1, h, w] and over the rest, side by side: [..., 2C]. What the latent probe
+// and the latent heads read a clip's colours from.
+at::Tensor object_background_means(const at::Tensor& x, const at::Tensor& mask) {
+    at::Tensor fo = (x * mask).sum({-2, -1}) / mask.sum({-2, -1}).clamp_min(1e-6);
+    at::Tensor fb = (x * (1 - mask)).sum({-2, -1}) / (1 - mask).sum({-2, -1}).clamp_min(1e-6);
+    return at::cat({fo, fb}, -1);
+}
+
+// x [N, C, H, W], each rolled on the torus so that the centroid of its mask [N, H, W] (the circular mean along rows
+// and columns: the world wraps) sits in the middle, then cropped to size x size: [N, C, size, size].
+at::Tensor torus_centred_crops(const at::Tensor& x, const at::Tensor& mask, int64_t size) {
+    auto centre = [&](int64_t dim) {  // [N] the mask's circular mean index along dim (1: rows, 2: columns)
+        const int64_t n = mask.size(dim);
+        at::Tensor a = at::arange(n, at::kFloat) * (2 * M_PI / double(n));
+        at::Tensor w = mask.sum(dim == 1 ? 2 : 1);  // [N, n]
+        at::Tensor ang = at::atan2((w * a.sin()).sum(1), (w * a.cos()).sum(1));
+        return at::round(ang / (2 * M_PI / double(n))).to(at::kLong).remainder(n);
+    };
+    at::Tensor cy = centre(1), cx = centre(2);
+    std::vector<at::Tensor> out;
+    for (int64_t i = 0; i < x.size(0); ++i) {
+        at::Tensor r = at::roll(x[i], {size / 2 - cy[i].item<int64_t>(), size / 2 - cx[i].item<int64_t>()}, {1, 2});
+        out.push_back(r.narrow(1, 0, size).narrow(2, 0, size));
+    }
+    return at::stack(out);
+}
+
 // Linear heads on the latents (--latent-class-weight): the object's colour and the background, from the latent
 // pooled under the object and over the rest, as `--stage latent-probe` measures them. The DiT learns the latents
 // with an MSE, so a colour the encoder writes only faintly costs the DiT little when it gets it wrong: the heads'
@@ -377,10 +404,9 @@ LatentClassLoss latent_class_loss(const at::Tensor& mu, const VaeBatch& b, const
         at::cat({b.mask.narrow(2, 0, 1),
                  b.mask.narrow(2, 1, T - 1).reshape({B, 1, Tl - 1, 4, b.mask.size(3), b.mask.size(4)}).mean(3)},
                 2);
-    m = at::avg_pool3d(m, {1, f, f});                                                  // [B, 1, T', h, w]
-    at::Tensor fo = (mu * m).sum({3, 4}) / m.sum({3, 4}).clamp_min(1e-6);              // [B, z, T']
-    at::Tensor fb = (mu * (1 - m)).sum({3, 4}) / (1 - m).sum({3, 4}).clamp_min(1e-6);  // [B, z, T']
-    at::Tensor x = at::cat({fo, fb}, 1).permute({0, 2, 1}).reshape({B * Tl, -1});      // [B*T', 2z]
+    m = at::avg_pool3d(m, {1, f, f});  // [B, 1, T', h, w]
+    at::Tensor x = object_background_means(mu.permute({0, 2, 1, 3, 4}), m.permute({0, 2, 1, 3, 4}))
+                       .reshape({B * Tl, -1});  // [B*T', 2z]
     std::vector<float> keep;
     for (int64_t i = 0; i < B; ++i)
         for (int64_t t = 0; t < Tl; ++t)
@@ -441,22 +467,7 @@ at::Tensor pick_frames(const at::Tensor& v, const at::Tensor& idx) {
 // (the object) sits in the middle, then cropped to size x size: [N, 3, size, size]. Most of a frame is flat
 // background, which a decoder gets right and a discriminator can only shrug at; the crops show it the object.
 at::Tensor object_crops(const at::Tensor& v, const at::Tensor& mask, const at::Tensor& idx, int64_t size) {
-    at::Tensor f = pick_frames(v, idx);
-    at::Tensor m = pick_frames(mask, idx).squeeze(1);  // [N, H, W]
-    const int64_t H = f.size(2), W = f.size(3);
-    auto centre = [&](int dim, int64_t n) {  // circular mean of the mask along rows (dim 1) or columns (dim 2)
-        at::Tensor a = at::arange(n, at::kFloat) * (2 * M_PI / double(n));
-        at::Tensor w = m.sum(dim == 1 ? 2 : 1);  // [N, n]
-        at::Tensor ang = at::atan2((w * a.sin()).sum(1), (w * a.cos()).sum(1));
-        return at::round(ang / (2 * M_PI / double(n))).to(at::kLong).remainder(n);
-    };
-    at::Tensor cy = centre(1, H), cx = centre(2, W);
-    std::vector<at::Tensor> out;
-    for (int64_t i = 0; i < f.size(0); ++i) {
-        at::Tensor r = at::roll(f[i], {size / 2 - cy[i].item<int64_t>(), size / 2 - cx[i].item<int64_t>()}, {1, 2});
-        out.push_back(r.narrow(1, 0, size).narrow(2, 0, size));
-    }
-    return at::stack(out);
+    return torus_centred_crops(pick_frames(v, idx), pick_frames(mask, idx).squeeze(1), size);
 }
 
 at::Tensor random_frames(int64_t total, int n, std::mt19937_64& rng) {
@@ -807,8 +818,8 @@ void stage_vae(const Options& o, double minutes) {
         at::Tensor rec = vae.decode(z);  // [B, 3, T, 64, 64]
         const double t_fwd = now_s();
         VaeLosses L = vae_loss(rec, b, o, mu);
-        at::Tensor rec_rollout,
-            rollout_obj;  // the decoded DiT rollout of this step and its object mask, when distilling
+        // The decoded DiT rollout of this step and its object mask, when distilling.
+        at::Tensor rec_rollout, rollout_obj;
         if (heads) {
             LatentClassLoss C = latent_class_loss(mu, b, *heads);
             L.total = L.total + o.latent_class_weight * C.total;
@@ -1291,33 +1302,14 @@ void stage_latent_probe(const Options& o) {
         background.push_back(int64_t(sc.background));
         shape.push_back(int64_t(sc.objects[0].shape));
     }
-    at::Tensor w = data.obj.to(at::kFloat);  // [N, F, 1, h, w]
-    at::Tensor fo = (data.lat * w).sum({3, 4}) / w.sum({3, 4}).clamp_min(1e-6);
-    at::Tensor fb = (data.lat * (1 - w)).sum({3, 4}) / (1 - w).sum({3, 4}).clamp_min(1e-6);
-    at::Tensor pooled = at::cat({fo, fb}, 2).reshape({n * f, -1});  // [N*F, 2C]
+    at::Tensor w = data.obj.to(at::kFloat);                                         // [N, F, 1, h, w]
+    at::Tensor pooled = object_background_means(data.lat, w).reshape({n * f, -1});  // [N*F, 2C]
     at::Tensor present = w.sum({2, 3, 4}).gt(0).reshape({n * f});
-    // Shape needs the latents' spatial pattern, not their mean: a 5 x 5 window of cells centred on the object (the
-    // circular mean of the cells it touches, the world being a torus).
-    at::Tensor crops;
-    {
-        const int64_t h = data.lat.size(3), wd = data.lat.size(4), win = 5;
-        at::Tensor lat = data.lat.reshape({n * f, data.lat.size(2), h, wd});
-        at::Tensor ob = data.obj.reshape({n * f, h, wd}).to(at::kFloat);
-        auto centre = [&](int64_t dim, int64_t size) {  // [N*F] circular mean cell index along dim (1: rows)
-            at::Tensor idx = at::arange(size, at::kFloat) * (2 * M_PI / double(size));
-            at::Tensor m = ob.sum(dim == 1 ? 2 : 1);  // [N*F, size]
-            at::Tensor a = at::atan2((m * idx.sin()).sum(1), (m * idx.cos()).sum(1));
-            return at::round(a / (2 * M_PI / double(size))).to(at::kLong).remainder(size);
-        };
-        at::Tensor cy = centre(1, h), cx = centre(2, wd);
-        std::vector<at::Tensor> rows;
-        for (int64_t i = 0; i < n * f; ++i) {
-            at::Tensor r = at::roll(lat[i], {win / 2 - cy[i].item<int64_t>(), win / 2 - cx[i].item<int64_t>()}, {1, 2});
-            rows.push_back(r.narrow(1, 0, win).narrow(2, 0, win).reshape({-1}));
-        }
-        crops = at::stack(rows);  // [N*F, C * 25]
-    }
-    const int64_t split = (n * 8 / 10) * f;  // whole clips on each side
+    // Shape needs the latents' spatial pattern, not their mean: a 5 x 5 window of cells centred on the object.
+    at::Tensor crops = torus_centred_crops(data.lat.reshape({n * f, data.lat.size(2), data.lat.size(3), -1}),
+                                           w.reshape({n * f, data.lat.size(3), -1}), 5)
+                           .reshape({n * f, -1});  // [N*F, C * 25]
+    const int64_t split = (n * 8 / 10) * f;        // whole clips on each side
     json report;
     auto probe = [&](const at::Tensor& x, const std::vector<int64_t>& per_clip, int classes, const char* what) {
         at::Tensor y = at::tensor(per_clip).repeat_interleave(f);
