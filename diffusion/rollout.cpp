@@ -20,6 +20,18 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
+RolloutSampler parse_rollout_sampler(const std::string& name) {
+    if (name == "renoise")
+        return RolloutSampler::kRenoise;
+    if (name == "euler")
+        return RolloutSampler::kEuler;
+    throw std::runtime_error("sampler '" + name + "' is not one of: renoise, euler");
+}
+
+const char* rollout_sampler_name(RolloutSampler s) {
+    return s == RolloutSampler::kEuler ? "euler" : "renoise";
+}
+
 CausalRollout::CausalRollout(WanDit& dit, KVCache& cache, RolloutConfig cfg)
     : dit_(dit),
       cache_(cache),
@@ -104,10 +116,17 @@ at::Tensor CausalRollout::next_chunk() {
     for (int i = 0; i < n_steps; ++i) {
         x0 = call(x, steps_[i], i);
         if (i + 1 < n_steps) {
-            // Fresh noise at the next level, not the chunk's initial noise.
             at::Tensor tn =
                 at::full({cfg_.batch, cfg_.chunk_frames}, steps_[i + 1], at::TensorOptions().dtype(at::kFloat));
-            x = sched_.add_noise(x0, noise(NoiseRequest::kRenoise, i), tn);
+            if (cfg_.sampler == RolloutSampler::kEuler) {
+                // The noise the model sees in x: flow = noise - x0 (guided flow included).
+                at::Tensor ts =
+                    at::full({cfg_.batch, cfg_.chunk_frames}, steps_[i], at::TensorOptions().dtype(at::kFloat));
+                x = sched_.add_noise(x0, x0 + sched_.x0_to_flow(x0, x, ts), tn);
+            } else {
+                // Fresh noise at the next level, not the chunk's initial noise.
+                x = sched_.add_noise(x0, noise(NoiseRequest::kRenoise, i), tn);
+            }
         }
     }
     sync(x0);

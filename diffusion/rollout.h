@@ -1,5 +1,7 @@
 // Self-Forcing inference: the video is generated chunk by chunk (F latent frames each). Per chunk: denoise with
-// the few-step list (x0 from flow, re-noise with fresh noise between steps), then one t=0 pass over the final x0
+// the few-step list (x0 from flow, then re-noise between steps: with fresh noise, as Self-Forcing's distilled
+// generators expect, or with the noise the model inferred, the flow ODE's Euler step, which a model trained by
+// plain flow matching needs to keep detail; see RolloutSampler), then one t=0 pass over the final x0
 // that writes the clean chunk's K/V into the cache, and advance. Chunks come out one at a time so a caller can
 // stream them to a VAE decoder.
 #pragma once
@@ -8,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "cache/kv_cache.h"
@@ -16,11 +19,22 @@
 
 namespace reel {
 
+// How a chunk goes from one timestep to the next. kRenoise (Self-Forcing): x0 re-noised with fresh Gaussian noise.
+// Right for a few-step distilled generator, whose x0 is a sample; for a flow-matching model x0 is the posterior
+// mean, and fresh noise throws away what the model had decided, so the chunk ends as the mean of many videos (a
+// blur). kEuler: x0 re-noised with the noise the model inferred, (x - x0) / sigma + x0, which is the Euler step of
+// the flow ODE (DDIM): the chunk stays one sample all the way down.
+enum class RolloutSampler { kRenoise, kEuler };
+// "renoise" | "euler"; throws on anything else, naming the choices.
+RolloutSampler parse_rollout_sampler(const std::string& name);
+const char* rollout_sampler_name(RolloutSampler s);
+
 struct RolloutConfig {
     int chunk_frames = 3;
     std::vector<double> steps{1000, 750, 500, 250};
     double shift = 5.0;
-    bool warp = true;            // Self-Forcing's warp_denoising_step
+    bool warp = true;  // Self-Forcing's warp_denoising_step
+    RolloutSampler sampler = RolloutSampler::kRenoise;
     double context_noise = 0.0;  // timestep of the cache pass (x0 re-noised to it when > 0)
     int64_t batch = 1;
     // Classifier-free guidance: flow = uncond + guidance * (cond - uncond). At 1 the model runs once per step;

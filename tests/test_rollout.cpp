@@ -216,3 +216,51 @@ TEST(Rollout, ClassifierFreeGuidance) {
     at::Tensor b = same.next_chunk();
     EXPECT_LT((a - b).abs().max().item<double>(), 1e-4);
 }
+
+// The Euler sampler: every denoising call after the first sees x_{i+1} = x_i + (sigma_{i+1} - sigma_i) flow_i (the
+// flow ODE's step, guided flow included), and no fresh noise is drawn past the chunk's initial noise.
+TEST(Rollout, EulerSamplerFollowsTheFlow) {
+    TensorMap g = test::load_golden("dit_rollout_global.safetensors");
+    WanDit dit(test::golden_dit_config(), test::golden_dit_weights(), at::kCPU, at::kFloat);
+    auto cache = make_full_cache(2);
+    RolloutConfig rc = toy_rollout(4);
+    rc.sampler = RolloutSampler::kEuler;
+    CausalRollout ro(dit, *cache, rc);
+    ro.set_context(g.at("context"));
+    std::vector<NoiseRequest::Kind> kinds;
+    ro.set_noise_hook([&](const NoiseRequest& r) {
+        kinds.push_back(r.kind);
+        return at::randn(r.shape, at::make_generator<at::CPUGeneratorImpl>(100 + r.chunk));
+    });
+    std::vector<CallRecord> calls;
+    ro.set_call_observer([&](const CallRecord& r) { calls.push_back(r); });
+    ro.next_chunk();
+    ro.next_chunk();
+    ASSERT_EQ(calls.size(), 10u);  // 2 chunks x (4 steps + cache pass)
+    EXPECT_EQ(kinds, (std::vector<NoiseRequest::Kind>{NoiseRequest::kInitial, NoiseRequest::kInitial}));
+    double worst = 0, moved = 0;
+    for (size_t i = 0; i + 1 < calls.size(); ++i) {
+        const CallRecord &a = calls[i], &b = calls[i + 1];
+        if (a.step < 0 || b.step != a.step + 1)
+            continue;
+        const double ds = (b.timestep[0][0].item<double>() - a.timestep[0][0].item<double>()) / 1000.0;
+        worst = std::max(worst, (b.input - (a.input + ds * a.flow)).abs().max().item<double>());
+        moved = std::max(moved, (b.input - a.input).abs().max().item<double>());
+    }
+    EXPECT_LT(worst, 1e-4);
+    EXPECT_GT(moved, 1e-2) << "the steps must move x for the test to mean anything";
+
+    // The default sampler re-noises: its second call does not follow the flow.
+    auto c2 = make_full_cache(2);
+    CausalRollout rn(dit, *c2, toy_rollout(4));
+    rn.set_context(g.at("context"));
+    std::vector<CallRecord> rcalls;
+    rn.set_call_observer([&](const CallRecord& r) { rcalls.push_back(r); });
+    rn.next_chunk();
+    const double ds = (rcalls[1].timestep[0][0].item<double>() - rcalls[0].timestep[0][0].item<double>()) / 1000.0;
+    EXPECT_GT((rcalls[1].input - (rcalls[0].input + ds * rcalls[0].flow)).abs().max().item<double>(), 1e-2);
+
+    EXPECT_EQ(parse_rollout_sampler("euler"), RolloutSampler::kEuler);
+    EXPECT_EQ(parse_rollout_sampler("renoise"), RolloutSampler::kRenoise);
+    EXPECT_THROW(parse_rollout_sampler("ddpm"), std::runtime_error);
+}

@@ -70,8 +70,9 @@ struct Options {
     int distill_frames = 0;  // latent frames per rollout (0: a training clip's); longer ones are decoded in windows
     double distill_weight = 1.0;
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
-    double color_weight = 0;         // VAE: L1 on the object's mean colour per frame
-    double prompt_weight = 0;        // VAE: L1 of decoded DiT rollouts against their prompt's two colours
+    int obj_ring = 0;          // pixels around the object that weigh --obj-weight too (the object's mask, dilated)
+    double color_weight = 0;   // VAE: L1 on the object's mean colour per frame
+    double prompt_weight = 0;  // VAE: L1 of decoded DiT rollouts against their prompt's two colours
     double latent_class_weight = 0;  // VAE (joint): cross-entropy of linear colour/background heads on the latents
     double gan_weight = 0;           // VAE: hinge GAN loss of a frame patch discriminator
     int gan_frames = 16;             // VAE: frames per step the discriminator judges (of each source)
@@ -82,6 +83,7 @@ struct Options {
     int dit_batch = 16, chunks = 4, clips_per_prompt = 2, latent_clips = 0;
     int latent_extra = 0;  // latent frames encoded past the training window (windows then start mid-clip too)
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
+    double train_shift = 5.0;         // shift of the table the other timesteps come from (1: uniform noise levels)
     double dit_obj_weight = 8.0;      // flow-matching loss weight of latent cells an object touches
     int recommend_sink = 0;           // sink frames of the recommended window (reel.json)
     double recommend_guidance = 1.0;  // written to reel.json's `recommended` block: reel generate's default
@@ -98,6 +100,9 @@ struct Options {
     uint64_t eval_seed = 0;
     double eval_guidance = 1.0;  // classifier-free guidance scale of the eval rollouts (1: off)
     std::vector<double> eval_steps{1000, 750, 500, 250};
+    std::string eval_sampler = "renoise";
+    std::vector<double> recommend_steps{1000, 750, 500, 250};  // reel.json's recommended steps and sampler
+    std::string recommend_sampler = "renoise";
 };
 
 const int kChunk = 3;  // latent frames per chunk (Self-Forcing)
@@ -287,9 +292,30 @@ struct VaeLosses {
     double mse = 0, l1 = 0, edge = 0;
 };
 
+// mask [..., H, W] dilated by r pixels (a (2r+1)^2 square) on the torus: the world wraps, so does the ring.
+at::Tensor dilate_torus(const at::Tensor& mask, int r) {
+    at::Tensor out = mask;
+    for (int dim : {-1, -2}) {
+        at::Tensor acc = out;
+        for (int s = 1; s <= r; ++s)
+            acc = at::maximum(acc, at::maximum(out.roll({s}, {dim}), out.roll({-s}, {dim})));
+        out = acc;
+    }
+    return out;
+}
+
+// Per-pixel L1 weights [..., H, W] from an object mask: --obj-weight on the object and, with --obj-ring, on a ring
+// of pixels around it. Without the ring only missing object pixels cost --obj-weight and painting object over
+// background costs 1, so the L1 optimum paints the object wherever it has more than a 1 / (1 + obj_weight) chance
+// of being: the union of every place and shape the latents leave open, a round, swollen blob. With the ring both
+// mistakes cost the same near the object, and the optimum is the likelier of the two: the shape's own outline.
+at::Tensor object_loss_weight(const at::Tensor& mask, const Options& o) {
+    return 1.0 + (o.obj_weight - 1.0) * (o.obj_ring > 0 ? dilate_torus(mask, o.obj_ring) : mask);
+}
+
 VaeLosses vae_loss(const at::Tensor& rec, const VaeBatch& b, const Options& o, const at::Tensor& mu) {
     // Object pixels up-weighted: without it the AE settles on the background (METHODS.md, tinyworld prototype).
-    at::Tensor w = 1.0 + (o.obj_weight - 1.0) * b.mask;  // [B, 1, T, H, W]
+    at::Tensor w = object_loss_weight(b.mask, o);  // [B, 1, T, H, W]
     at::Tensor d = rec - b.video;
     at::Tensor l1 = (w * d.abs()).mean() / w.mean();
     // Edges: L1 between the spatial finite differences, against blur (rounded squares, blobby triangles).
@@ -848,7 +874,7 @@ void stage_vae(const Options& o, double minutes) {
             rollout_obj = obj;
             if (o.distill_weight > 0) {
                 // Object pixels weigh --obj-weight here too.
-                at::Tensor w = 1.0 + (o.obj_weight - 1.0) * obj;
+                at::Tensor w = object_loss_weight(obj, o);
                 at::Tensor ld = (w * (rec_d - target).abs()).mean() / w.mean();
                 L.total = L.total + o.distill_weight * ld;
                 const double v = ld.item<double>();
@@ -1061,7 +1087,9 @@ void write_manifest(const Options& o) {
     man["text_encoder"] = {{"file", "text_encoder.safetensors"}, {"config", text_config(o, tok.vocab_size())}};
     man["tokenizer"] = {{"file", "tokenizer.model"}};
     man["video"] = {{"width", 64}, {"height", 64}, {"fps", 16}};
-    man["recommended"] = {{"cache", recommended_window(o)}, {"steps", {1000, 750, 500, 250}}, {"shift", 5.0}};
+    man["recommended"] = {{"cache", recommended_window(o)}, {"steps", o.recommend_steps}, {"shift", 5.0}};
+    if (o.recommend_sampler != "renoise")
+        man["recommended"]["sampler"] = o.recommend_sampler;
     if (o.recommend_guidance != 1.0)
         man["recommended"]["guidance"] = o.recommend_guidance;
     write_text_atomic(o.out + "/reel.json", man.dump(2) + "\n");
@@ -1120,7 +1148,10 @@ void stage_dit(const Options& o, double minutes) {
 
     FlowMatchScheduler sched(5.0);
     const std::vector<float> warped = sched.warp_steps({1000, 750, 500, 250});
-    const std::vector<float>& table = sched.timesteps();
+    // With shift 5 only 4% of the table lies below noise 0.3: the last steps of a longer schedule are barely
+    // trained. --train-shift 1 draws noise levels uniformly.
+    const FlowMatchScheduler train_sched(o.train_shift);
+    const std::vector<float>& table = train_sched.timesteps();
     const int64_t n_clips = data.lat.size(0);
     const int64_t win = int64_t(o.chunks) * kChunk, max_off = data.lat.size(1) - win;
     const double t0 = now_s();
@@ -1241,6 +1272,7 @@ json stage_eval(const Options& o) {
         std::unique_ptr<KVCache> cache = make_cache(spec, int(fm.dcfg.num_layers));
         RolloutConfig rc = fm.rollout_config(o.eval_seed + i, o.eval_guidance);
         rc.steps = o.eval_steps;
+        rc.sampler = parse_rollout_sampler(o.eval_sampler);
         CausalRollout roll(fm.dit, *cache, rc);
         roll.set_context(fm.context(prompts[i], o.eval_guidance));
         WanVaeDecodeStream dec(vae);
@@ -1265,6 +1297,7 @@ json stage_eval(const Options& o) {
     j["merge"] = o.eval_merge;
     j["guidance"] = o.eval_guidance;
     j["steps"] = o.eval_steps;
+    j["sampler"] = o.eval_sampler;
     j["seconds"] = now_s() - t0;
     std::printf("eval summary: %s\n", j.dump().c_str());
     make_dirs(o.state);
@@ -1476,6 +1509,10 @@ int main(int argc, char** argv) {
     app.add_flag("--vae-decoder-only", o.vae_decoder_only,
                  "train the VAE decoder only (encoder frozen): latents, and a DiT trained on them, stay valid");
     app.add_option("--obj-weight", o.obj_weight, "loss weight of object pixels");
+    app.add_option("--obj-ring", o.obj_ring,
+                   "pixels around the object that weigh --obj-weight too (0: the object alone, which swells the "
+                   "decoded shapes into round blobs; 3-4 keeps their outline)")
+        ->check(CLI::Range(0, 16));
     app.add_option("--edge-weight", o.edge_weight, "weight of the finite-difference (edge) L1 loss");
     app.add_option("--prompt-weight", o.prompt_weight,
                    "decoder: weight of an L1 pulling decoded --vae-distill rollouts to their prompt's background and "
@@ -1530,6 +1567,9 @@ int main(int argc, char** argv) {
         });
     app.add_option("--context-noise", o.context_noise, "timestep of the context (cache) pass in training");
     app.add_option("--warped-share", o.warped_share, "share of timesteps drawn from the 4 inference steps");
+    app.add_option("--train-shift", o.train_shift,
+                   "shift of the table the other DiT timesteps are drawn from (5: mostly high noise; 1: uniform)")
+        ->check(CLI::PositiveNumber);
     app.add_option("--eval-frames", o.eval_frames);
     app.add_option("--eval-prompts", o.eval_prompts, "eval prompts (spread over eval.txt; 0: all 48)");
     app.add_option("--eval-merge", o.eval_merge, "the eval rollouts' --merge (none, tempcache:tau=..., ...)");
@@ -1538,6 +1578,11 @@ int main(int argc, char** argv) {
                    "full | any reel --cache value");
     app.add_option("--eval-seed", o.eval_seed);
     app.add_option("--eval-steps", o.eval_steps, "denoising timesteps per chunk of the eval rollouts (before warping)");
+    app.add_option("--eval-sampler", o.eval_sampler, "the eval rollouts' sampler: renoise | euler (reel's --sampler)")
+        ->check(CLI::IsMember({"renoise", "euler"}));
+    app.add_option("--recommend-steps", o.recommend_steps, "denoising timesteps the export recommends in reel.json");
+    app.add_option("--recommend-sampler", o.recommend_sampler, "sampler the export recommends in reel.json")
+        ->check(CLI::IsMember({"renoise", "euler"}));
     app.add_option("--eval-guidance", o.eval_guidance, "classifier-free guidance scale of the eval rollouts (1: off)");
     CLI11_PARSE(app, argc, argv);
 

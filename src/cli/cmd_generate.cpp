@@ -21,7 +21,8 @@ struct GenerateCli {
 };
 
 int run_generate(GenerateCli& o) {
-    o.s.steps = parse_step_list(o.steps);
+    if (!o.steps.empty())
+        o.s.steps = parse_step_list(o.steps);
     if (o.s.output.empty() && o.s.frames_dir.empty())
         o.s.output = "out.mp4";
     ModelFiles files = find_model_files(o.model.model, o.model.dit);

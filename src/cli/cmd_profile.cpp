@@ -149,7 +149,8 @@ std::vector<Plan> make_plans(const ProfileCli& o, const ModelFiles& files) {
 }
 
 int run_profile(ProfileCli& o) {
-    o.s.steps = parse_step_list(o.steps);
+    if (!o.steps.empty())
+        o.s.steps = parse_step_list(o.steps);
     if (o.s.frames <= 0 && o.s.seconds <= 0)
         o.s.frames = kDefaultFrames;
     if (o.s.output == "-" && !o.compare.empty())

@@ -49,8 +49,14 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
         ->check(CLI::PositiveNumber)
         ->excludes(n);
     sub->add_option("--seed", s.seed, "random seed (same seed, same video)")->capture_default_str();
-    steps = "1000,750,500,250";
-    sub->add_option("--steps", steps, "denoising timesteps per chunk, comma-separated")->capture_default_str();
+    sub->add_option("--steps", steps,
+                    "denoising timesteps per chunk, comma-separated (e.g. 1000,750,500,250); default: the model's "
+                    "recommended, else 1000,750,500,250");
+    sub->add_option("--sampler", s.sampler,
+                    "how a chunk goes from one timestep to the next: renoise (x0 re-noised with fresh noise, "
+                    "Self-Forcing's few-step sampler) or euler (the flow ODE's Euler step, for models trained by "
+                    "plain flow matching); default: the model's recommended, else renoise")
+        ->check(CLI::IsMember({"renoise", "euler"}));
     sub->add_option("--shift", s.shift, "timestep shift of the flow-matching schedule")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);

@@ -263,12 +263,17 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         throw std::runtime_error("the prompt is empty");
     if (s.chunk < 1)
         throw std::runtime_error("--chunk must be at least 1 latent frame");
-    if (s.steps.empty())
-        throw std::runtime_error("--steps needs at least one timestep");
     // What the model folder's reel.json recommends, for settings left at their default.
     const nlohmann::json& man = m.files.manifest;
     const nlohmann::json recommended =
         man.is_object() && man.contains("recommended") ? man["recommended"] : nlohmann::json::object();
+    if (s.steps.empty())
+        s.steps = recommended.value("steps", std::vector<double>{1000, 750, 500, 250});
+    if (s.steps.empty())
+        throw std::runtime_error("--steps needs at least one timestep");
+    if (s.sampler.empty())
+        s.sampler = recommended.value("sampler", std::string("renoise"));
+    const RolloutSampler sampler = parse_rollout_sampler(s.sampler);
     if (s.cache.empty())  // a model trained on a bounded context says which cache it expects
         s.cache = recommended.value("cache", "full");
     if (s.guidance < 0)
@@ -322,6 +327,7 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
     rc.steps = s.steps;
     rc.shift = s.shift;
     rc.warp = s.warp;
+    rc.sampler = sampler;
     rc.latent_h = s.height / 8;
     rc.latent_w = s.width / 8;
     rc.channels = m.dit_cfg.in_dim;
@@ -459,6 +465,7 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
     nlohmann::json settings = {{"frames_requested", s_in.frames > 0 ? s_in.frames : s.frames},
                                {"seconds", s.seconds},
                                {"steps", s.steps},
+                               {"sampler", s.sampler},
                                {"shift", s.shift},
                                {"guidance", s.guidance},
                                {"warp", s.warp},

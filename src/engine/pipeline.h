@@ -29,10 +29,11 @@ struct GenerateSettings {
     int64_t frames = 0;  // pixel frames asked for (rounded up to whole chunks); 0: use seconds or the default
     double seconds = 0;  // alternative to frames
     uint64_t seed = 0;
-    std::string output;       // .mp4 / .y4m / "-" (y4m on stdout); "" for none
-    std::string frames_dir;   // PNG frames; "" for none
-    std::string record_path;  // run record; "" = <output>.json ("-" or no output: none unless given)
-    std::vector<double> steps{1000, 750, 500, 250};
+    std::string output;         // .mp4 / .y4m / "-" (y4m on stdout); "" for none
+    std::string frames_dir;     // PNG frames; "" for none
+    std::string record_path;    // run record; "" = <output>.json ("-" or no output: none unless given)
+    std::vector<double> steps;  // empty: the model's recommended (reel.json), else 1000,750,500,250
+    std::string sampler;        // renoise | euler; "": the model's recommended (reel.json), else renoise
     double shift = 5.0;
     double guidance = -1;  // classifier-free guidance scale; < 0: the model's recommended (reel.json), else 1 (off)
     bool warp = true;
