@@ -28,10 +28,6 @@ RolloutSampler parse_rollout_sampler(const std::string& name) {
     throw std::runtime_error("sampler '" + name + "' is not one of: renoise, euler");
 }
 
-const char* rollout_sampler_name(RolloutSampler s) {
-    return s == RolloutSampler::kEuler ? "euler" : "renoise";
-}
-
 CausalRollout::CausalRollout(WanDit& dit, KVCache& cache, RolloutConfig cfg)
     : dit_(dit),
       cache_(cache),

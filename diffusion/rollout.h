@@ -27,7 +27,6 @@ namespace reel {
 enum class RolloutSampler { kRenoise, kEuler };
 // "renoise" | "euler"; throws on anything else, naming the choices.
 RolloutSampler parse_rollout_sampler(const std::string& name);
-const char* rollout_sampler_name(RolloutSampler s);
 
 struct RolloutConfig {
     int chunk_frames = 3;

@@ -83,13 +83,11 @@ struct Options {
     int dit_batch = 16, chunks = 4, clips_per_prompt = 2, latent_clips = 0;
     int latent_extra = 0;  // latent frames encoded past the training window (windows then start mid-clip too)
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
-    double train_shift = 5.0;
-    bool sink_windows = false;
-    double sink_shift = 0.0;  // share of sink windows whose sinks get their own torus shift (a long video's gap)  //
-                              // mid-clip DiT windows keep the clip's first chunk in front (as sinks)         // shift
-                              // of the table the other timesteps come from (1: uniform noise levels)
-    double dit_obj_weight = 8.0;      // flow-matching loss weight of latent cells an object touches
-    int recommend_sink = 0;           // sink frames of the recommended window (reel.json)
+    double train_shift = 5.0;     // shift of the table the other DiT timesteps come from (1: uniform noise levels)
+    bool sink_windows = false;    // mid-clip DiT windows keep the clip's first chunk in front (as sinks)
+    double sink_shift = 0.0;      // share of sink windows whose sinks get their own torus shift (a long video's gap)
+    double dit_obj_weight = 8.0;  // flow-matching loss weight of latent cells an object touches
+    int recommend_sink = 0;       // sink frames of the recommended window (reel.json)
     double recommend_guidance = 1.0;  // written to reel.json's `recommended` block: reel generate's default
     double text_drop = 0.0;    // share of training clips whose prompt is replaced by "" (classifier-free guidance)
     double dit_lr_final = -1;  // < 0: constant lr; else cosine from dit_lr at lr_decay_start to this at max_steps
@@ -1184,22 +1182,22 @@ void stage_dit(const Options& o, double minutes) {
             // The world wraps around and the seed only sets start positions: a whole-cell torus shift of the
             // latents is (nearly) another clip of the same prompt.
             const int64_t sh = int64_t(rng() % 8), sw = int64_t(rng() % 8);
-            at::Tensor xw = data.lat[c].narrow(0, off, win), ow = data.obj[c].narrow(0, off, win);
-            if (off > 0 && o.sink_windows) {
-                // In a long video the object has moved anywhere since the sinks were made; a share of the windows
-                // shows that by shifting the sink chunk on its own (the world wraps).
-                const bool far = o.sink_shift > 0 && double(rng() % 1000000) / 1e6 < o.sink_shift;
-                const int64_t fh = far ? int64_t(rng() % 8) : 0, fw = far ? int64_t(rng() % 8) : 0;
-                // What the recommended window cache shows past its first chunks: the video's first chunk (the
-                // sinks) at positions 0-2, then recent frames. Position 0 then always holds a video's first
-                // latent frame (one pixel frame, where the others hold four), as in every rollout.
-                xw = at::cat({data.lat[c].narrow(0, 0, kChunk).roll({fh, fw}, {2, 3}),
-                              data.lat[c].narrow(0, off + kChunk, win - kChunk)});
-                ow = at::cat({data.obj[c].narrow(0, 0, kChunk).roll({fh, fw}, {2, 3}),
-                              data.obj[c].narrow(0, off + kChunk, win - kChunk)});
-            }
-            xs.push_back(xw.roll({sh, sw}, {2, 3}));
-            ws.push_back(ow.roll({sh, sw}, {2, 3}));
+            const bool sinks = off > 0 && o.sink_windows;
+            // In a long video the object has moved anywhere since the sinks were made; a share of the windows
+            // shows that by shifting the sink chunk on its own (the world wraps).
+            const bool far = sinks && o.sink_shift > 0 && double(rng() % 1000000) / 1e6 < o.sink_shift;
+            const int64_t fh = far ? int64_t(rng() % 8) : 0, fw = far ? int64_t(rng() % 8) : 0;
+            // clip [F, c, h, w] -> the training window [win, c, h, w]. With sinks it is what the recommended window
+            // cache shows past its first chunks: the video's first chunk at positions 0-2, then recent frames, so
+            // position 0 always holds a video's first latent frame (one pixel frame, the others four).
+            auto window = [&](const at::Tensor& clip) {
+                if (!sinks)
+                    return clip.narrow(0, off, win);
+                return at::cat(
+                    {clip.narrow(0, 0, kChunk).roll({fh, fw}, {2, 3}), clip.narrow(0, off + kChunk, win - kChunk)});
+            };
+            xs.push_back(window(data.lat[c]).roll({sh, sw}, {2, 3}));
+            ws.push_back(window(data.obj[c]).roll({sh, sw}, {2, 3}));
             const bool drop = o.text_drop > 0 && double(rng() % 1000000) / 1e6 < o.text_drop;
             bt.push_back(drop ? empty_tok : toks[size_t(data.prompt_of[size_t(c)])]);
         }
