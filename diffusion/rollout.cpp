@@ -20,6 +20,11 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
+const std::vector<std::string>& rollout_sampler_names() {
+    static const std::vector<std::string> names{"renoise", "euler"};
+    return names;
+}
+
 RolloutSampler parse_rollout_sampler(const std::string& name) {
     if (name == "renoise")
         return RolloutSampler::kRenoise;
@@ -81,7 +86,7 @@ at::Tensor CausalRollout::noise(NoiseRequest::Kind kind, int step) {
     return n.to(dit_.device(), dit_.dtype());
 }
 
-at::Tensor CausalRollout::call(const at::Tensor& x, float t, int step) {
+at::Tensor CausalRollout::call(const at::Tensor& x, float t, int step, at::Tensor* flow_out) {
     // x: [B, F, C, H, W] -> flow [B, F, C, H, W]; returns x0
     at::Tensor ts = at::full({cfg_.batch, cfg_.chunk_frames}, t, at::TensorOptions().dtype(at::kFloat));
     at::Tensor flow;
@@ -99,6 +104,8 @@ at::Tensor CausalRollout::call(const at::Tensor& x, float t, int step) {
     if (observer_)
         observer_(CallRecord{calls_done_, chunks_done_, step, x, ts, flow, x0});
     ++calls_done_;
+    if (flow_out)
+        *flow_out = flow;
     return x0;
 }
 
@@ -108,17 +115,16 @@ at::Tensor CausalRollout::next_chunk() {
     const int n_steps = static_cast<int>(steps_.size());
     const auto t0 = std::chrono::steady_clock::now();
     at::Tensor x = noise(NoiseRequest::kInitial, -1);
-    at::Tensor x0;
+    at::Tensor x0, flow;
+    const bool euler = cfg_.sampler == RolloutSampler::kEuler;
     for (int i = 0; i < n_steps; ++i) {
-        x0 = call(x, steps_[i], i);
+        x0 = call(x, steps_[i], i, euler ? &flow : nullptr);
         if (i + 1 < n_steps) {
             at::Tensor tn =
                 at::full({cfg_.batch, cfg_.chunk_frames}, steps_[i + 1], at::TensorOptions().dtype(at::kFloat));
-            if (cfg_.sampler == RolloutSampler::kEuler) {
+            if (euler) {
                 // The noise the model sees in x: flow = noise - x0 (guided flow included).
-                at::Tensor ts =
-                    at::full({cfg_.batch, cfg_.chunk_frames}, steps_[i], at::TensorOptions().dtype(at::kFloat));
-                x = sched_.add_noise(x0, x0 + sched_.x0_to_flow(x0, x, ts), tn);
+                x = sched_.add_noise(x0, x0 + flow, tn);
             } else {
                 // Fresh noise at the next level, not the chunk's initial noise.
                 x = sched_.add_noise(x0, noise(NoiseRequest::kRenoise, i), tn);

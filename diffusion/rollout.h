@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cache/kv_cache.h"
+#include "diffusion/sampler_names.h"
 #include "diffusion/scheduler.h"
 #include "diffusion/wan_dit.h"
 
@@ -25,7 +26,7 @@ namespace reel {
 // blur). kEuler: x0 re-noised with the noise the model inferred, (x - x0) / sigma + x0, which is the Euler step of
 // the flow ODE (DDIM): the chunk stays one sample all the way down.
 enum class RolloutSampler { kRenoise, kEuler };
-// "renoise" | "euler"; throws on anything else, naming the choices.
+// "renoise" | "euler" (rollout_sampler_names()); throws on anything else, naming the choices.
 RolloutSampler parse_rollout_sampler(const std::string& name);
 
 struct RolloutConfig {
@@ -93,7 +94,7 @@ class CausalRollout {
 
   private:
     at::Tensor noise(NoiseRequest::Kind kind, int step);
-    at::Tensor call(const at::Tensor& x, float t, int step);
+    at::Tensor call(const at::Tensor& x, float t, int step, at::Tensor* flow_out = nullptr);
     bool guided() const { return cfg_.guidance != 1.0; }
 
     WanDit& dit_;

@@ -31,10 +31,10 @@ void WanVaeConfig::validate() const {
     std::ostringstream err;
     if (dim <= 0 || z_dim <= 0 || num_res_blocks <= 0 || dec_dim < 0)
         err << " dim, z_dim and num_res_blocks must be positive, dec_dim not negative;";
-    // The reference halves the input width of decoder stages 1..3 (after each Resample), which only
-    // matches its channel plan for 4 stages.
-    if (dim_mult.size() != 4)
-        err << " dim_mult must have 4 entries (found " << dim_mult.size() << ");";
+    // The reference halves the input width of decoder stages 1..3 (after each Resample): every stage after the
+    // first for 2-4 stages (tinyworld's 4x-spatial VAE has 3), but not a fifth, so more are refused.
+    if (dim_mult.size() < 2 || dim_mult.size() > 4)
+        err << " dim_mult must have 2 to 4 entries (found " << dim_mult.size() << ");";
     if (temporal_downsample.size() + 1 != dim_mult.size())
         err << " temporal_downsample must have " << dim_mult.size() - 1 << " entries (found "
             << temporal_downsample.size() << ");";
@@ -660,8 +660,9 @@ at::Tensor WanVaeEncodeStream::push(const at::Tensor& video) {
         throw std::runtime_error("WanVae::encode: the VAE was loaded without its encoder");
     if (video.dim() != 5 || video.size(1) != 3 || video.size(2) < 1)
         throw std::runtime_error("WanVae::encode: video must be [B, 3, T>=1, H, W]");
-    if (video.size(3) % 8 != 0 || video.size(4) % 8 != 0)
-        throw std::runtime_error("WanVae::encode: H and W must be multiples of 8");
+    const int64_t stride = vae_.config().spatial_stride();
+    if (video.size(3) % stride != 0 || video.size(4) % stride != 0)
+        throw std::runtime_error("WanVae::encode: H and W must be multiples of " + std::to_string(stride));
     at::Tensor frames = pending_.defined() ? at::cat({pending_, video}, 2) : video;
     std::vector<at::Tensor> outs;
     int64_t t0 = 0;
@@ -674,7 +675,7 @@ at::Tensor WanVaeEncodeStream::push(const at::Tensor& video) {
     pending_ = left > 0 ? frames.narrow(2, t0, left).clone() : at::Tensor();
     if (outs.empty()) {
         const int64_t z = vae_.config().z_dim;
-        return at::empty({video.size(0), z, 0, video.size(3) / 8, video.size(4) / 8},
+        return at::empty({video.size(0), z, 0, video.size(3) / stride, video.size(4) / stride},
                          video.options().dtype(vae_.dtype()).device(vae_.device()));
     }
     return outs.size() == 1 ? outs[0] : at::cat(outs, 2);

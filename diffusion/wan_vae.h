@@ -35,6 +35,8 @@ struct WanVaeConfig {
                             3.2687f, 2.1526f, 2.8652f, 1.5579f, 1.6382f, 1.1253f, 2.8251f, 1.9160f};
 
     int decoder_dim() const { return dec_dim > 0 ? dec_dim : dim; }
+    // Pixels per latent cell along H and W: one 2x downsample per stage after the first (Wan: 8).
+    int64_t spatial_stride() const { return int64_t(1) << (dim_mult.empty() ? 0 : dim_mult.size() - 1); }
     // Decoder stage widths d*[m_last, m_last, ..., m_0] with d = decoder_dim() (real: 384 384 384 192 96).
     std::vector<int64_t> decoder_dims() const;
     // Encoder stage widths d*[1, m_0, ..., m_last] (real: 96 96 192 384 384).

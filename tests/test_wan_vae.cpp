@@ -219,6 +219,37 @@ TEST(WanVae, RandomWeightsRoundTripThroughDetection) {
     EXPECT_EQ(vae.encode(at::rand({1, 3, 9, 16, 24}, at::kDouble) * 2 - 1).sizes(), (at::IntArrayRef{1, 16, 3, 2, 3}));
 }
 
+TEST(WanVae, ThreeStageConfigIsFourTimesSpatial) {
+    // tinyworld's 4x-spatial VAE: 3 stages, both temporal, so time stays 4x and space is 4x; 2-4 stages load, 5
+    // are refused (the reference's channel plan stops at 4).
+    WanVaeConfig c;
+    c.dim = 2;
+    c.dim_mult = {1, 2, 4};
+    c.num_res_blocks = 1;
+    c.temporal_downsample = {true, true};
+    EXPECT_EQ(c.spatial_stride(), 4);
+    TensorMap w = wan_vae_random_weights(c, true, 5);
+    WanVaeConfig d = detect_wan_vae_config(w);
+    EXPECT_EQ(d.dim_mult, c.dim_mult);
+    EXPECT_EQ(d.temporal_downsample, c.temporal_downsample);
+    EXPECT_EQ(d.spatial_stride(), 4);
+    WanVae vae(w, d, c10::kCPU, at::kDouble);
+    at::Tensor mu = vae.encode(at::rand({1, 3, 9, 16, 24}, at::kDouble) * 2 - 1);
+    EXPECT_EQ(mu.sizes(), (at::IntArrayRef{1, 16, 3, 4, 6}));
+    at::Tensor whole = vae.decode(mu);
+    EXPECT_EQ(whole.sizes(), (at::IntArrayRef{1, 3, 9, 16, 24}));
+    WanVaeDecodeStream s(vae);
+    at::Tensor a = s.push(mu.narrow(2, 0, 1));
+    at::Tensor b = s.push(mu.narrow(2, 1, 2));
+    test::expect_close(at::cat({a, b}, 2), whole, "3-stage stream vs whole (f64)", 1e-10, 1e-10, kRelFloor);
+    // Frames must tile the 4x grid, not Wan's 8x one.
+    EXPECT_THROW(vae.encode(at::zeros({1, 3, 1, 18, 24}, at::kDouble)), std::runtime_error);
+    WanVaeConfig five = c;
+    five.dim_mult = {1, 1, 2, 4, 4};
+    five.temporal_downsample = {false, false, true, true};
+    EXPECT_THROW(five.validate(), std::runtime_error);
+}
+
 TEST(WanVae, StreamingEncodeMatchesGolden) {
     const WanVae& vae = tiny_vae();
     const at::Tensor& video = golden().cases.at("encode_T9.video");

@@ -80,6 +80,8 @@ struct Options {
     bool vae_decoder_only = false;   // encoder (encoder.*, conv1.*) frozen: the latent space, and so the DiT, stay
     // text encoder + DiT
     int dit_dim = 128, dit_layers = 4, dit_heads = 4, dit_ffn = 512, text_dim = 64, text_layers = 2, text_len = 24;
+    int dit_patch = 2;     // DiT patch side in latent cells (tokens per latent frame: (64 / stride / patch)^2)
+    std::string dit_init;  // model folder whose DiT and text-encoder tensors of matching name and shape start a run
     int dit_batch = 16, chunks = 4, clips_per_prompt = 2, latent_clips = 0;
     int latent_extra = 0;  // latent frames encoded past the training window (windows then start mid-clip too)
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
@@ -118,7 +120,15 @@ WanVaeConfig vae_config(const Options& o) {
     c.z_dim = 16;
     c.dim_mult = o.vae_mult;
     c.num_res_blocks = o.vae_res;
-    c.temporal_downsample = {false, true, true};
+    // Wan's 4x temporal compression comes from the last two downsamples; a shorter --vae-mult (1 2 4: 4x spatial)
+    // keeps the 4x in time, which the rollout's 1 + 4k frame arithmetic relies on.
+    if (o.vae_mult.size() < 3)
+        throw std::runtime_error("--vae-mult needs at least 3 entries (two temporal downsamples), got " +
+                                 std::to_string(o.vae_mult.size()));
+    c.temporal_downsample.assign(o.vae_mult.size() - 1, false);
+    for (size_t i = c.temporal_downsample.size() >= 2 ? c.temporal_downsample.size() - 2 : 0;
+         i < c.temporal_downsample.size(); ++i)
+        c.temporal_downsample[i] = true;
     // Identity normalization while training; export writes the measured per-channel statistics.
     c.mean.assign(16, 0.0f);
     c.std_.assign(16, 1.0f);
@@ -136,7 +146,7 @@ WanDitConfig dit_config(const Options& o) {
     c.out_dim = 16;
     c.num_heads = o.dit_heads;
     c.num_layers = o.dit_layers;
-    c.patch = {1, 2, 2};
+    c.patch = {1, int64_t(o.dit_patch), int64_t(o.dit_patch)};
     c.validate();
     return c;
 }
@@ -635,12 +645,12 @@ struct FolderModel {
           enc(text_w, man["text_encoder"]["config"].get<UMT5Config>(), c10::kCPU, at::kFloat),
           tok(Tokenizer::load(dir + "/tokenizer.model")) {}
 
-    // tinyworld's 8x8 latent frames in chunks of kChunk.
+    // tinyworld's 64x64 frames as latent frames (8x8 under Wan's 8x VAE) in chunks of kChunk.
     RolloutConfig rollout_config(uint64_t seed, double guidance) const {
         RolloutConfig rc;
         rc.chunk_frames = kChunk;
-        rc.latent_h = 8;
-        rc.latent_w = 8;
+        rc.latent_h = 64 / man["vae"]["config"].get<WanVaeConfig>().spatial_stride();
+        rc.latent_w = rc.latent_h;
         rc.channels = dcfg.in_dim;
         rc.seed = seed;
         rc.guidance = guidance;
@@ -976,9 +986,13 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
     LatentSet s;
     const int64_t n_clips =
         o.latent_clips > 0 ? int64_t(o.latent_clips) : int64_t(prompts.size()) * int64_t(o.clips_per_prompt);
+    TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
+    const WanVaeConfig vcfg = detect_wan_vae_config(vw);
+    const int64_t lat_hw = 64 / vcfg.spatial_stride();
     if (file_exists(path)) {
         TensorMap m = load_safetensors(path);
-        if (m.count("latents") && m.count("object") && m["latents"].size(1) == f && m["latents"].size(0) == n_clips) {
+        if (m.count("latents") && m.count("object") && m["latents"].size(1) == f && m["latents"].size(0) == n_clips &&
+            m["latents"].size(3) == lat_hw) {
             s.lat = m["latents"].clone();
             s.obj = m["object"].clone();
             at::Tensor p = m["prompt"];
@@ -991,8 +1005,6 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
     torch::NoGradGuard ng;
     // The training twin (whole clip, conv2d-folded) is several times faster than the engine's streaming encode on
     // CPU and computes the same mu; normalized here with the exported statistics.
-    TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
-    const WanVaeConfig vcfg = detect_wan_vae_config(vw);
     TrainVae tvae(vw, vcfg);
     const at::Tensor vmean = vw.at("scale.mean").view({1, -1, 1, 1, 1}),
                      vinv = vw.at("scale.inv_std").view({1, -1, 1, 1, 1});
@@ -1002,12 +1014,13 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
     std::vector<at::Tensor> vs;
     std::vector<int64_t> pidx;
     // Pixel mask [1, T, H, W] -> latent cells [F, 1, h, w]: frame 0 alone, then groups of 4 (the VAE's causal
-    // temporal grouping), max over each 8x8 patch.
+    // temporal grouping), max over each stride x stride patch.
+    const int64_t stride = vcfg.spatial_stride();
     auto latent_mask = [&](const at::Tensor& m) {
         at::Tensor first = m.narrow(1, 0, 1);
         at::Tensor rest = m.narrow(1, 1, t - 1).reshape({1, f - 1, 4, m.size(2), m.size(3)}).amax(2);
-        at::Tensor g = at::cat({first, rest}, 1);                             // [1, F, H, W]
-        return at::max_pool2d(g, {8, 8}).permute({1, 0, 2, 3}).contiguous();  // [F, 1, h, w]
+        at::Tensor g = at::cat({first, rest}, 1);                                       // [1, F, H, W]
+        return at::max_pool2d(g, {stride, stride}).permute({1, 0, 2, 3}).contiguous();  // [F, 1, h, w]
     };
     const double t0 = now_s();
     // Clip i shows prompt i mod n (every prompt equally often, in a seeded shuffled order).
@@ -1120,7 +1133,31 @@ void stage_dit(const Options& o, double minutes) {
 
     TensorMap dit = make_trainable(random_wan_dit_weights(dcfg, o.seed + 100));
     TensorMap text = make_trainable(umt5_init(tcfg, o.seed + 200));
-    {
+    bool head_from_init = false;
+    if (!o.dit_init.empty()) {
+        // Same-named tensors of the same shape carry over: with a new VAE's latents only the patch embedding and
+        // the output head (whose shapes follow the patch) start fresh, the blocks keep what they learned of text,
+        // motion and the chunk-causal context.
+        torch::NoGradGuard ng;
+        auto copy_matching = [](TensorMap& dst, const TensorMap& src, int* n) {
+            for (auto& kv : dst) {
+                auto it = src.find(kv.first);
+                if (it != src.end() && it->second.sizes() == kv.second.sizes()) {
+                    kv.second.copy_(it->second.to(kv.second.scalar_type()));
+                    ++*n;
+                }
+            }
+        };
+        int nd = 0, nt = 0;
+        const TensorMap init_dit = load_safetensors(o.dit_init + "/dit.safetensors");
+        copy_matching(dit, init_dit, &nd);
+        copy_matching(text, load_safetensors(o.dit_init + "/text_encoder.safetensors"), &nt);
+        head_from_init = init_dit.count("head.head.weight") &&
+                         init_dit.at("head.head.weight").sizes() == dit.at("head.head.weight").sizes();
+        std::printf("dit: initialized from %s: %d / %zu DiT tensors, %d / %zu text-encoder tensors\n",
+                    o.dit_init.c_str(), nd, dit.size(), nt, text.size());
+    }
+    if (!head_from_init) {
         // Start from a zero output so the first steps are not dominated by a random flow prediction.
         torch::NoGradGuard ng;
         dit["head.head.weight"].mul_(0.0);
@@ -1156,6 +1193,7 @@ void stage_dit(const Options& o, double minutes) {
     const std::vector<float>& table = train_sched.timesteps();
     const int64_t n_clips = data.lat.size(0);
     const int64_t win = int64_t(o.chunks) * kChunk, max_off = data.lat.size(1) - win;
+    const uint64_t lat_h = uint64_t(data.lat.size(3)), lat_w = uint64_t(data.lat.size(4));
     const double t0 = now_s();
     double last_ck = t0, ema = -1;
     auto save = [&]() {
@@ -1181,12 +1219,12 @@ void stage_dit(const Options& o, double minutes) {
                 off = kChunk * int64_t(1 + rng() % uint64_t(max_off / kChunk));
             // The world wraps around and the seed only sets start positions: a whole-cell torus shift of the
             // latents is (nearly) another clip of the same prompt.
-            const int64_t sh = int64_t(rng() % 8), sw = int64_t(rng() % 8);
+            const int64_t sh = int64_t(rng() % lat_h), sw = int64_t(rng() % lat_w);
             const bool sinks = off > 0 && o.sink_windows;
             // In a long video the object has moved anywhere since the sinks were made; a share of the windows
             // shows that by shifting the sink chunk on its own (the world wraps).
             const bool far = sinks && o.sink_shift > 0 && double(rng() % 1000000) / 1e6 < o.sink_shift;
-            const int64_t fh = far ? int64_t(rng() % 8) : 0, fw = far ? int64_t(rng() % 8) : 0;
+            const int64_t fh = far ? int64_t(rng() % lat_h) : 0, fw = far ? int64_t(rng() % lat_w) : 0;
             // clip [F, c, h, w] -> the training window [win, c, h, w]. With sinks it is what the recommended window
             // cache shows past its first chunks: the video's first chunk at positions 0-2, then recent frames, so
             // position 0 always holds a video's first latent frame (one pixel frame, the others four).
@@ -1517,7 +1555,9 @@ int main(int argc, char** argv) {
     app.add_option("--distill-samples", o.distill_samples, "DiT rollouts made (once, cached) for --vae-distill")
         ->capture_default_str();
     app.add_option("--distill-weight", o.distill_weight, "weight of the --vae-distill L1 term")->capture_default_str();
-    app.add_option("--vae-mult", o.vae_mult, "VAE stage width multipliers (4 entries)");
+    app.add_option(
+        "--vae-mult", o.vae_mult,
+        "VAE stage width multipliers: 4 entries give Wan's 8x spatial compression, 3 give 4x (time stays 4x)");
     app.add_option("--vae-res", o.vae_res, "residual blocks per VAE stage");
     app.add_option("--vae-batch", o.vae_batch);
     app.add_option("--vae-frames", o.vae_frames, "frames per VAE training clip (1 + 4k)");
@@ -1550,6 +1590,13 @@ int main(int argc, char** argv) {
     app.add_option("--latent-noise", o.latent_noise, "std of the noise added to latents before decoding");
     app.add_option("--dit-dim", o.dit_dim);
     app.add_option("--dit-layers", o.dit_layers);
+    app.add_option(
+           "--dit-patch", o.dit_patch,
+           "DiT patch side in latent cells (2; 4 keeps 16 tokens per frame on a 4x-spatial VAE's 16x16 latents)")
+        ->capture_default_str();
+    app.add_option("--dit-init", o.dit_init,
+                   "start a fresh DiT run from this model folder's dit/text_encoder tensors where name and shape "
+                   "match (e.g. the shipped model's transformer blocks under a new VAE's patch embedding)");
     app.add_option("--dit-heads", o.dit_heads);
     app.add_option("--dit-ffn", o.dit_ffn);
     app.add_option("--text-dim", o.text_dim);
@@ -1602,10 +1649,10 @@ int main(int argc, char** argv) {
     app.add_option("--eval-seed", o.eval_seed);
     app.add_option("--eval-steps", o.eval_steps, "denoising timesteps per chunk of the eval rollouts (before warping)");
     app.add_option("--eval-sampler", o.eval_sampler, "the eval rollouts' sampler: renoise | euler (reel's --sampler)")
-        ->check(CLI::IsMember({"renoise", "euler"}));
+        ->check(CLI::IsMember(rollout_sampler_names()));
     app.add_option("--recommend-steps", o.recommend_steps, "denoising timesteps the export recommends in reel.json");
     app.add_option("--recommend-sampler", o.recommend_sampler, "sampler the export recommends in reel.json")
-        ->check(CLI::IsMember({"renoise", "euler"}));
+        ->check(CLI::IsMember(rollout_sampler_names()));
     app.add_option("--eval-guidance", o.eval_guidance, "classifier-free guidance scale of the eval rollouts (1: off)");
     CLI11_PARSE(app, argc, argv);
 

@@ -5,6 +5,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "diffusion/sampler_names.h"
+
 namespace reel {
 
 LoadOptions ModelOptions::load_options() const {
@@ -56,7 +58,7 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
                     "how a chunk goes from one timestep to the next: renoise (x0 re-noised with fresh noise, "
                     "Self-Forcing's few-step sampler) or euler (the flow ODE's Euler step, for models trained by "
                     "plain flow matching); default: the model's recommended, else renoise")
-        ->check(CLI::IsMember({"renoise", "euler"}));
+        ->check(CLI::IsMember(rollout_sampler_names()));
     sub->add_option("--shift", s.shift, "timestep shift of the flow-matching schedule")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);

@@ -181,6 +181,7 @@ struct Engine::Impl {
     std::unique_ptr<Tokenizer> tokenizer;
     int64_t text_len = 512;
     int width = 832, height = 480, fps = 16;
+    int64_t vae_stride = 8;  // pixels per latent cell (the VAE's spatial downsampling)
     double load_s = 0;
     std::string dit_group;
 };
@@ -216,6 +217,7 @@ Engine::Engine(const ModelFiles& files, const LoadOptions& opts) : impl_(new Imp
         WanVaeConfig cfg = man.is_object() && man["vae"].contains("config") ? man["vae"]["config"].get<WanVaeConfig>()
                                                                             : detect_wan_vae_config(w);
         m.vae.reset(new WanVae(w, cfg, m.device, m.dtype, /*with_encoder=*/false));
+        m.vae_stride = cfg.spatial_stride();
         if (cfg.z_dim != m.dit_cfg.in_dim)
             throw std::runtime_error("the VAE has " + std::to_string(cfg.z_dim) +
                                      " latent channels but the DiT expects " + std::to_string(m.dit_cfg.in_dim));
@@ -284,8 +286,8 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         s.width = m.width;
     if (s.height <= 0)
         s.height = m.height;
-    // 8x VAE downsampling, then 2x2 DiT patches.
-    const int64_t align = 8 * m.dit_cfg.patch[1];
+    // The VAE's downsampling (8x for Wan), then the DiT's patches (2x2 for Wan).
+    const int64_t align = m.vae_stride * std::max(m.dit_cfg.patch[1], m.dit_cfg.patch[2]);
     if (s.width % align || s.height % align)
         throw std::runtime_error("video size " + std::to_string(s.width) + "x" + std::to_string(s.height) +
                                  " must be a multiple of " + std::to_string(align) + " in both directions");
@@ -328,8 +330,8 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
     rc.shift = s.shift;
     rc.warp = s.warp;
     rc.sampler = sampler;
-    rc.latent_h = s.height / 8;
-    rc.latent_w = s.width / 8;
+    rc.latent_h = s.height / m.vae_stride;
+    rc.latent_w = s.width / m.vae_stride;
     rc.channels = m.dit_cfg.in_dim;
     rc.seed = s.seed;
     rc.guidance = s.guidance;
