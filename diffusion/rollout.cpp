@@ -30,7 +30,10 @@ RolloutSampler parse_rollout_sampler(const std::string& name) {
         return RolloutSampler::kRenoise;
     if (name == "euler")
         return RolloutSampler::kEuler;
-    throw std::runtime_error("sampler '" + name + "' is not one of: renoise, euler");
+    std::string choices;
+    for (const std::string& n : rollout_sampler_names())
+        choices += (choices.empty() ? "" : ", ") + n;
+    throw std::runtime_error("sampler '" + name + "' is not one of: " + choices);
 }
 
 CausalRollout::CausalRollout(WanDit& dit, KVCache& cache, RolloutConfig cfg)

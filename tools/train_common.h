@@ -26,6 +26,17 @@
 namespace reel {
 namespace train {
 
+// Copies src[name] into dst when src has a tensor of that name and dst's shape (dtype converted), for fresh runs
+// started from another model's file; returns whether it did.
+inline bool copy_if_same_shape(const TensorMap& src, const std::string& name, const at::Tensor& dst) {
+    auto it = src.find(name);
+    if (it == src.end() || it->second.sizes() != dst.sizes())
+        return false;
+    torch::NoGradGuard ng;
+    dst.copy_(it->second);
+    return true;
+}
+
 inline double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }

@@ -125,10 +125,9 @@ WanVaeConfig vae_config(const Options& o) {
     if (o.vae_mult.size() < 3)
         throw std::runtime_error("--vae-mult needs at least 3 entries (two temporal downsamples), got " +
                                  std::to_string(o.vae_mult.size()));
-    c.temporal_downsample.assign(o.vae_mult.size() - 1, false);
-    for (size_t i = c.temporal_downsample.size() >= 2 ? c.temporal_downsample.size() - 2 : 0;
-         i < c.temporal_downsample.size(); ++i)
-        c.temporal_downsample[i] = true;
+    const size_t n = o.vae_mult.size() - 1;
+    c.temporal_downsample.assign(n, false);
+    c.temporal_downsample[n - 1] = c.temporal_downsample[n - 2] = true;
     // Identity normalization while training; export writes the measured per-channel statistics.
     c.mean.assign(16, 0.0f);
     c.std_.assign(16, 1.0f);
@@ -631,6 +630,7 @@ at::Tensor encode_text(const UMT5Encoder& enc, const std::vector<TokenBatch>& to
 struct FolderModel {
     json man;
     WanDitConfig dcfg;
+    WanVaeConfig vcfg;
     TensorMap dit_w, text_w;
     WanDit dit;
     UMT5Encoder enc;
@@ -639,6 +639,7 @@ struct FolderModel {
     explicit FolderModel(const std::string& dir)
         : man(read_json(dir + "/reel.json")),
           dcfg(WanDitConfig::from_json(man["dit"]["config"])),
+          vcfg(man["vae"]["config"].get<WanVaeConfig>()),
           dit_w(load_safetensors(dir + "/dit.safetensors")),
           text_w(load_safetensors(dir + "/text_encoder.safetensors")),
           dit(dcfg, dit_w, c10::kCPU, at::kFloat),
@@ -649,7 +650,7 @@ struct FolderModel {
     RolloutConfig rollout_config(uint64_t seed, double guidance) const {
         RolloutConfig rc;
         rc.chunk_frames = kChunk;
-        rc.latent_h = 64 / man["vae"]["config"].get<WanVaeConfig>().spatial_stride();
+        rc.latent_h = 64 / vcfg.spatial_stride();
         rc.latent_w = rc.latent_h;
         rc.channels = dcfg.in_dim;
         rc.seed = seed;
@@ -693,7 +694,7 @@ at::Tensor dit_sample_latents(const Options& o, const std::string& dir, int n, i
     torch::NoGradGuard ng;
     const double t0 = now_s();
     FolderModel fm(dir);  // non-const: a rollout writes the DiT's context
-    const WanVaeConfig vc = fm.man["vae"]["config"].get<WanVaeConfig>();
+    const WanVaeConfig& vc = fm.vcfg;
     const at::Tensor mean = at::tensor(vc.mean).view({1, -1, 1, 1, 1}),
                      stdv = at::tensor(vc.std_).view({1, -1, 1, 1, 1});
     const json rec = fm.man.value("recommended", json::object());
@@ -727,15 +728,11 @@ at::Tensor dit_sample_latents(const Options& o, const std::string& dir, int n, i
 void init_vae_from(const Options& o, TensorMap* params) {
     TensorMap init = load_safetensors(o.vae_init);
     int enc_total = 0, enc_copied = 0, dec_total = 0, dec_copied = 0;
-    torch::NoGradGuard ng;
     for (auto& kv : *params) {
         const bool encoder = is_vae_encoder_tensor(kv.first);
         (encoder ? enc_total : dec_total)++;
-        auto it = init.find(kv.first);
-        if (it == init.end() || it->second.sizes() != kv.second.sizes())
-            continue;
-        kv.second.copy_(it->second);
-        (encoder ? enc_copied : dec_copied)++;
+        if (copy_if_same_shape(init, kv.first, kv.second))
+            (encoder ? enc_copied : dec_copied)++;
     }
     std::printf("vae: initialized from %s: %d / %d encoder tensors, %d / %d decoder tensors\n", o.vae_init.c_str(),
                 enc_copied, enc_total, dec_copied, dec_total);
@@ -1138,22 +1135,17 @@ void stage_dit(const Options& o, double minutes) {
         // Same-named tensors of the same shape carry over: with a new VAE's latents only the patch embedding and
         // the output head (whose shapes follow the patch) start fresh, the blocks keep what they learned of text,
         // motion and the chunk-causal context.
-        torch::NoGradGuard ng;
-        auto copy_matching = [](TensorMap& dst, const TensorMap& src, int* n) {
-            for (auto& kv : dst) {
-                auto it = src.find(kv.first);
-                if (it != src.end() && it->second.sizes() == kv.second.sizes()) {
-                    kv.second.copy_(it->second.to(kv.second.scalar_type()));
-                    ++*n;
-                }
-            }
-        };
         int nd = 0, nt = 0;
         const TensorMap init_dit = load_safetensors(o.dit_init + "/dit.safetensors");
-        copy_matching(dit, init_dit, &nd);
-        copy_matching(text, load_safetensors(o.dit_init + "/text_encoder.safetensors"), &nt);
-        head_from_init = init_dit.count("head.head.weight") &&
-                         init_dit.at("head.head.weight").sizes() == dit.at("head.head.weight").sizes();
+        for (auto& kv : dit) {
+            const bool copied = copy_if_same_shape(init_dit, kv.first, kv.second);
+            nd += copied;
+            if (kv.first == "head.head.weight")
+                head_from_init = copied;
+        }
+        const TensorMap init_text = load_safetensors(o.dit_init + "/text_encoder.safetensors");
+        for (auto& kv : text)
+            nt += copy_if_same_shape(init_text, kv.first, kv.second);
         std::printf("dit: initialized from %s: %d / %zu DiT tensors, %d / %zu text-encoder tensors\n",
                     o.dit_init.c_str(), nd, dit.size(), nt, text.size());
     }
@@ -1302,7 +1294,7 @@ json stage_eval(const Options& o) {
     torch::NoGradGuard ng;
     FolderModel fm(o.out);
     TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
-    WanVae vae(vw, fm.man["vae"]["config"].get<WanVaeConfig>(), c10::kCPU, at::kFloat, false);
+    WanVae vae(vw, fm.vcfg, c10::kCPU, at::kFloat, false);
 
     auto prompts = tinyworld_suite("eval");
     if (o.eval_prompts > 0 && size_t(o.eval_prompts) < prompts.size()) {
