@@ -156,6 +156,35 @@ TEST_F(Cli, GuidanceChangesTheVideoAndIsRecorded) {
     EXPECT_FALSE(exists(path("bad.mp4")));
 }
 
+// --context-noise re-noises each finished chunk before the pass that writes its K/V: the first chunk is made before
+// any cache pass and stays the same, later chunks change. A model folder's reel.json can recommend it.
+TEST_F(Cli, ContextNoiseChangesLaterChunksAndComesFromTheModel) {
+    const std::string base = " -p 'a red circle' -n 21 --seed 3 -q";
+    ASSERT_EQ(run("generate -m " + kToy + base + " --frames-dir " + path("c0") + " -o " + path("c0.y4m")).rc, 0);
+    ASSERT_EQ(run("generate -m " + kToy + base + " --context-noise 200 --frames-dir " + path("c2")).rc, 0);
+    EXPECT_EQ(slurp(path("c0/frame_000000.png")), slurp(path("c2/frame_000000.png")));
+    EXPECT_NE(slurp(path("c0/frame_000020.png")), slurp(path("c2/frame_000020.png")));
+    EXPECT_EQ(nlohmann::json::parse(slurp(path("c0.y4m.json")))["settings"]["context_noise"].get<double>(), 0.0);
+
+    // The same toy model, recommending context noise 200: its default run is the --context-noise 200 run.
+    nlohmann::json man = nlohmann::json::parse(slurp(kToy + "/reel.json"));
+    for (const char* part : {"dit", "vae", "text_encoder"})
+        man[part]["file"] = kToy + "/" + man[part]["file"].get<std::string>();
+    man["tokenizer"]["file"] = kToy + "/tokenizer.model";
+    man["recommended"]["context_noise"] = 200;
+    const std::string rec = path("rec_model");
+    ASSERT_EQ(mkdir(rec.c_str(), 0755), 0);
+    std::ofstream(rec + "/reel.json") << man.dump(2);
+    ASSERT_EQ(run("generate -m " + rec + base + " --frames-dir " + path("r2") + " -o " + path("r2.y4m")).rc, 0);
+    EXPECT_EQ(slurp(path("r2/frame_000020.png")), slurp(path("c2/frame_000020.png")));
+    EXPECT_EQ(nlohmann::json::parse(slurp(path("r2.y4m.json")))["settings"]["context_noise"].get<double>(), 200.0);
+
+    Result bad = run("generate -m " + kToy + base + " --context-noise 1000 -o " + path("bad.mp4"));
+    EXPECT_NE(bad.rc, 0);
+    EXPECT_NE(bad.err.find("--context-noise"), std::string::npos) << bad.err;
+    EXPECT_FALSE(exists(path("bad.mp4")));
+}
+
 TEST_F(Cli, Y4mToStdout) {
     Result r = run("generate -m " + kToy + " -p 'a cat' -n 9 -q -o -");
     ASSERT_EQ(r.rc, 0) << r.err;

@@ -102,7 +102,9 @@ struct Options {
     // depend on offsets only).
     std::string eval_cache = "window", eval_merge = "none";
     uint64_t eval_seed = 0;
-    double eval_guidance = 1.0;  // classifier-free guidance scale of the eval rollouts (1: off)
+    double eval_guidance = 1.0;
+    double eval_context_noise = -1;       // the eval rollouts' cache-pass timestep; < 0: the training's --context-noise
+    double recommend_context_noise = -1;  // reel.json's; < 0: the training's --context-noise  // classifier-free guidance scale of the eval rollouts (1: off)
     std::vector<double> eval_steps{1000, 750, 500, 250};
     std::string eval_sampler = "renoise";
     std::vector<double> recommend_steps{1000, 750, 500, 250};  // reel.json's recommended steps and sampler
@@ -700,13 +702,16 @@ at::Tensor dit_sample_latents(const Options& o, const std::string& dir, int n, i
     const json rec = fm.man.value("recommended", json::object());
     const CacheSpec spec = parse_cache_spec(rec.value("cache", std::string("full")), "none", "none", "");
     const double guidance = rec.value("guidance", 1.0);
+    const double context_noise = rec.value("context_noise", 0.0);
     const auto prompts = train_prompts();
     const std::vector<size_t> ids = dit_sample_prompts(o, n);
     std::vector<at::Tensor> all;
     for (int i = 0; i < n; ++i) {
         const std::string& prompt = prompts[ids[size_t(i)]];
         std::unique_ptr<KVCache> cache = make_cache(spec, int(fm.dcfg.num_layers));
-        CausalRollout roll(fm.dit, *cache, fm.rollout_config(7000000 + uint64_t(i), guidance));
+        RolloutConfig rc = fm.rollout_config(7000000 + uint64_t(i), guidance);
+        rc.context_noise = context_noise;
+        CausalRollout roll(fm.dit, *cache, rc);
         roll.set_context(fm.context(prompt, guidance));
         std::vector<at::Tensor> chunks;
         for (int64_t f = 0; f < f_lat; f += kChunk)
@@ -1104,6 +1109,10 @@ void write_manifest(const Options& o) {
         man["recommended"]["sampler"] = o.recommend_sampler;
     if (o.recommend_guidance != 1.0)
         man["recommended"]["guidance"] = o.recommend_guidance;
+    // A DiT trained on noised context expects its cache pass at that timestep.
+    const double cn = o.recommend_context_noise >= 0 ? o.recommend_context_noise : o.context_noise;
+    if (cn > 0)
+        man["recommended"]["context_noise"] = cn;
     write_text_atomic(o.out + "/reel.json", man.dump(2) + "\n");
 }
 
@@ -1310,6 +1319,7 @@ json stage_eval(const Options& o) {
     std::vector<EvalReport> reports;
     const double t0 = now_s();
     const std::string window = recommended_window(o);
+    const double eval_context_noise = o.eval_context_noise >= 0 ? o.eval_context_noise : o.context_noise;
     const CacheSpec spec = parse_cache_spec(o.eval_cache == "window"            ? window
                                             : o.eval_cache == "window-absolute" ? window + ",rope=absolute"
                                                                                 : o.eval_cache,
@@ -1319,6 +1329,7 @@ json stage_eval(const Options& o) {
         RolloutConfig rc = fm.rollout_config(o.eval_seed + i, o.eval_guidance);
         rc.steps = o.eval_steps;
         rc.sampler = parse_rollout_sampler(o.eval_sampler);
+        rc.context_noise = eval_context_noise;
         CausalRollout roll(fm.dit, *cache, rc);
         roll.set_context(fm.context(prompts[i], o.eval_guidance));
         WanVaeDecodeStream dec(vae);
@@ -1344,6 +1355,7 @@ json stage_eval(const Options& o) {
     j["guidance"] = o.eval_guidance;
     j["steps"] = o.eval_steps;
     j["sampler"] = o.eval_sampler;
+    j["context_noise"] = eval_context_noise;
     j["seconds"] = now_s() - t0;
     std::printf("eval summary: %s\n", j.dump().c_str());
     make_dirs(o.state);
@@ -1645,6 +1657,12 @@ int main(int argc, char** argv) {
     app.add_option("--recommend-steps", o.recommend_steps, "denoising timesteps the export recommends in reel.json");
     app.add_option("--recommend-sampler", o.recommend_sampler, "sampler the export recommends in reel.json")
         ->check(CLI::IsMember(rollout_sampler_names()));
+    app.add_option("--eval-context-noise", o.eval_context_noise,
+                   "the eval rollouts' cache-pass timestep (reel's --context-noise); default: --context-noise")
+        ->check(CLI::Range(0.0, 999.0));
+    app.add_option("--recommend-context-noise", o.recommend_context_noise,
+                   "cache-pass timestep the export recommends in reel.json; default: --context-noise")
+        ->check(CLI::Range(0.0, 999.0));
     app.add_option("--eval-guidance", o.eval_guidance, "classifier-free guidance scale of the eval rollouts (1: off)");
     CLI11_PARSE(app, argc, argv);
 

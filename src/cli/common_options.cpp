@@ -66,6 +66,11 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
                     "classifier-free guidance scale (1: off; the model's unconditional branch is the empty prompt, "
                     "and each step runs the DiT on a doubled batch); default: the model's recommended, else 1")
         ->check(CLI::Range(0.0, 100.0));
+    sub->add_option("--context-noise", s.context_noise,
+                    "timestep (0-999) at which each finished chunk is re-noised before the pass that writes its K/V "
+                    "to the cache, for models trained on noised context (their errors weigh less as context); "
+                    "default: the model's recommended, else 0 (clean)")
+        ->check(CLI::Range(0.0, 999.0));
     sub->add_flag("!--no-warp", s.warp, "use the step list as given instead of Self-Forcing's warped timesteps");
     sub->add_option("--chunk", s.chunk, "latent frames per chunk")->capture_default_str()->check(CLI::PositiveNumber);
     sub->add_option("--fps", s.fps, "frames per second of the video (default: the model's)")

@@ -280,6 +280,10 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         s.cache = recommended.value("cache", "full");
     if (s.guidance < 0)
         s.guidance = recommended.value("guidance", 1.0);
+    if (s.context_noise < 0)  // a model trained on noised context is run the way it was trained
+        s.context_noise = recommended.value("context_noise", 0.0);
+    if (s.context_noise >= 1000)
+        throw std::runtime_error("--context-noise must be a timestep below 1000");
     if (s.fps <= 0)
         s.fps = m.fps;
     if (s.width <= 0)
@@ -335,6 +339,7 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
     rc.channels = m.dit_cfg.in_dim;
     rc.seed = s.seed;
     rc.guidance = s.guidance;
+    rc.context_noise = s.context_noise;
     const AnnAttentionSpec attn_spec = parse_attn_spec(s.attn);
     const AnnCrossSpec cross_spec = parse_cross_attn_spec(s.cross_attn);
     m.dit->set_attention(attn_spec, cross_spec);
@@ -470,6 +475,7 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
                                {"sampler", s.sampler},
                                {"shift", s.shift},
                                {"guidance", s.guidance},
+                               {"context_noise", s.context_noise},
                                {"warp", s.warp},
                                {"chunk", s.chunk},
                                {"fps", s.fps},

@@ -36,6 +36,7 @@ struct GenerateSettings {
     std::string sampler;        // renoise | euler; "": the model's recommended (reel.json), else renoise
     double shift = 5.0;
     double guidance = -1;  // classifier-free guidance scale; < 0: the model's recommended (reel.json), else 1 (off)
+    double context_noise = -1;  // timestep of the cache pass; < 0: the model's recommended (reel.json), else 0
     bool warp = true;
     int chunk = 3;   // latent frames per chunk
     int fps = 0;     // 0: the model's
