@@ -87,6 +87,7 @@ struct Options {
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
     double train_shift = 5.0;     // shift of the table the other DiT timesteps come from (1: uniform noise levels)
     bool sink_windows = false;    // mid-clip DiT windows keep the clip's first chunk in front (as sinks)
+    double self_context = 0.0;    // share of context chunks replaced by the DiT's own x0 estimate (exposure bias)
     double sink_shift = 0.0;      // share of sink windows whose sinks get their own torus shift (a long video's gap)
     double dit_obj_weight = 8.0;  // flow-matching loss weight of latent cells an object touches
     int recommend_sink = 0;       // sink frames of the recommended window (reel.json)
@@ -1265,10 +1266,28 @@ void stage_dit(const Options& o, double minutes) {
             if (k + 1 < o.chunks) {
                 // Context pass (what inference's cache pass writes): the clean chunk at t=0, or lightly noised.
                 at::Tensor xc = xk;
+                if (o.self_context > 0) {
+                    // At inference the context is the DiT's own output, the x0 it predicts at the last step, with
+                    // its errors; trained on clean chunks only, it has never seen its errors as context and they
+                    // compound over a long video. So some rows take that estimate (the chunk noised to the last
+                    // step, one no-grad pass) and learn to go on towards the clip from it.
+                    at::Tensor own;
+                    {
+                        torch::NoGradGuard ng;
+                        const float tl = warped.back(), sl = sched.sigma_at(tl);
+                        at::Tensor xl = (1 - sl) * xk + sl * at::randn(xk.sizes(), gen, xk.options());
+                        own = xl - sl * model.forward(xl, at::full({B, kChunk}, tl), k * kChunk, cache);
+                    }
+                    std::vector<float> pick(static_cast<size_t>(B));
+                    for (auto& p : pick)
+                        p = u01(rng) < o.self_context ? 1.0f : 0.0f;
+                    at::Tensor m = at::tensor(pick).view({B, 1, 1, 1, 1});
+                    xc = m * own + (1 - m) * xk;
+                }
                 at::Tensor tc = at::zeros({B, kChunk});
                 if (o.context_noise > 0) {
                     const float sc = sched.sigma_at(float(o.context_noise));
-                    xc = (1 - sc) * xk + sc * at::randn(xk.sizes(), gen, xk.options());
+                    xc = (1 - sc) * xc + sc * at::randn(xk.sizes(), gen, xk.options());
                     tc.fill_(o.context_noise);
                 }
                 model.forward(xc, tc, k * kChunk, cache);
@@ -1633,6 +1652,10 @@ int main(int argc, char** argv) {
             return (std::atoi(v.c_str()) >= 0 && std::atoi(v.c_str()) % 3 == 0) ? "" : "must be a multiple of 3, >= 0";
         });
     app.add_option("--context-noise", o.context_noise, "timestep of the context (cache) pass in training");
+    app.add_option("--self-context", o.self_context,
+                   "share of context chunks that are the DiT's own x0 estimate at the last inference step instead of "
+                   "the clean chunk (what a rollout's cache holds; against drift in long videos)")
+        ->check(CLI::Range(0.0, 1.0));
     app.add_option("--warped-share", o.warped_share, "share of timesteps drawn from the 4 inference steps");
     app.add_flag("--sink-windows", o.sink_windows,
                  "DiT windows that start mid-clip (--latent-extra) keep the clip's first chunk in front, as the "
