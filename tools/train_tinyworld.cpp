@@ -105,7 +105,8 @@ struct Options {
     uint64_t eval_seed = 0;
     double eval_guidance = 1.0;
     double eval_context_noise = -1;       // the eval rollouts' cache-pass timestep; < 0: the training's --context-noise
-    double recommend_context_noise = -1;  // reel.json's; < 0: the training's --context-noise  // classifier-free guidance scale of the eval rollouts (1: off)
+    double recommend_context_noise = -1;  // reel.json's; < 0: the training's --context-noise  // classifier-free
+                                          // guidance scale of the eval rollouts (1: off)
     std::vector<double> eval_steps{1000, 750, 500, 250};
     std::string eval_sampler = "renoise";
     std::vector<double> recommend_steps{1000, 750, 500, 250};  // reel.json's recommended steps and sampler

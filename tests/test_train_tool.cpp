@@ -1,0 +1,97 @@
+// The training tool end to end at toy size: every stage of the recipe runs, resumes, exports a model folder that
+// `reel generate` serves, and the export carries what the DiT was trained with (context noise) into reel.json.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+namespace {
+
+const std::string kTool = REEL_TRAIN_TOOL;
+const std::string kReel = REEL_BINARY;
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+bool exists(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0;
+}
+
+class TrainTool : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/reel_train_XXXXXX";
+        dir_ = mkdtemp(tmpl);
+    }
+    void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+
+    // Runs the tool on this test's folders with toy sizes; returns its exit status, its output in `log`.
+    int tool(const std::string& args, std::string* log = nullptr) {
+        const std::string common = " --out " + dir_ + "/model --state " + dir_ +
+                                   "/state --threads 1 --seed 1 --eval-prompts 1 --eval-frames 9"
+                                   " --vae-dim 8 --vae-dec-dim 8 --vae-mult 1 2 4 --vae-res 1"
+                                   " --latent-clips 4 --chunks 2 --dit-batch 2 --dit-dim 32 --dit-ffn 64"
+                                   " --dit-heads 2 --dit-layers 1 --text-dim 32 --dit-patch 4 --recommend-sink 3";
+        const std::string out = dir_ + "/log";
+        const int st = std::system((kTool + " " + args + common + " >" + out + " 2>&1").c_str());
+        if (log)
+            *log = slurp(out);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    }
+    std::string path(const std::string& name) const { return dir_ + "/" + name; }
+
+    std::string dir_;
+};
+
+TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
+    std::string log;
+    ASSERT_EQ(tool("--stage tokenizer", &log), 0) << log;
+    ASSERT_EQ(tool("--stage vae --max-steps 2 --vae-batch 1 --vae-frames 9", &log), 0) << log;
+    const std::string dit = "--stage dit --context-noise 100 --self-context 0.5";
+    ASSERT_EQ(tool(dit + " --max-steps 2", &log), 0) << log;
+    EXPECT_EQ(nlohmann::json::parse(slurp(path("state/dit.json")))["step"].get<int>(), 2);
+    ASSERT_EQ(tool(dit + " --resume --max-steps 3", &log), 0) << log;
+    EXPECT_EQ(nlohmann::json::parse(slurp(path("state/dit.json")))["step"].get<int>(), 3);
+    for (const char* f :
+         {"reel.json", "dit.safetensors", "vae.safetensors", "text_encoder.safetensors", "tokenizer.model"})
+        EXPECT_TRUE(exists(path("model/") + f)) << f;
+
+    // The export recommends the context noise the DiT was trained with, and the eval runs it that way.
+    const nlohmann::json man = nlohmann::json::parse(slurp(path("model/reel.json")));
+    EXPECT_EQ(man["recommended"]["context_noise"].get<double>(), 100.0);
+    EXPECT_EQ(man["recommended"]["cache"].get<std::string>(), "window:sink=3,recent=3");
+    ASSERT_EQ(tool("--stage eval --context-noise 100", &log), 0) << log;
+    const nlohmann::json ev = nlohmann::json::parse(slurp(path("state/eval_9.json")));
+    EXPECT_EQ(ev["context_noise"].get<double>(), 100.0);
+    EXPECT_EQ(ev["all"]["videos"].get<int>(), 1);
+
+    // reel serves the folder with the recommended settings.
+    const std::string cmd = kReel + " generate -m " + path("model") +
+                            " -p 'a red circle moving right on a black background' -n 21 --threads 1 -q -o " +
+                            path("out.mp4") + " 2>" + path("gen.err");
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(path("gen.err"));
+    const nlohmann::json rec = nlohmann::json::parse(slurp(path("out.mp4.json")));
+    EXPECT_EQ(rec["settings"]["context_noise"].get<double>(), 100.0);
+    EXPECT_EQ(rec["frames"].get<int>(), 21);
+}
+
+TEST_F(TrainTool, BadFlagsAreRefusedByName) {
+    std::string log;
+    EXPECT_NE(tool("--stage dit --self-context 2", &log), 0);
+    EXPECT_NE(log.find("--self-context"), std::string::npos) << log;
+    EXPECT_NE(tool("--stage eval --eval-context-noise 1000", &log), 0);
+    EXPECT_NE(log.find("--eval-context-noise"), std::string::npos) << log;
+}
+
+}  // namespace
