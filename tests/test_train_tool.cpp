@@ -75,6 +75,11 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
     const nlohmann::json ev = nlohmann::json::parse(slurp(path("state/eval_9.json")));
     EXPECT_EQ(ev["context_noise"].get<double>(), 100.0);
     EXPECT_EQ(ev["all"]["videos"].get<int>(), 1);
+    // Without the flag the eval follows the model folder's recommendation.
+    ASSERT_EQ(tool("--stage eval", &log), 0) << log;
+    EXPECT_EQ(nlohmann::json::parse(slurp(path("state/eval_9.json")))["context_noise"].get<double>(), 100.0);
+    ASSERT_EQ(tool("--stage eval --eval-context-noise 0", &log), 0) << log;
+    EXPECT_EQ(nlohmann::json::parse(slurp(path("state/eval_9.json")))["context_noise"].get<double>(), 0.0);
 
     // reel serves the folder with the recommended settings.
     const std::string cmd = kReel + " generate -m " + path("model") +

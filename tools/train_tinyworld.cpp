@@ -1339,7 +1339,11 @@ json stage_eval(const Options& o) {
     std::vector<EvalReport> reports;
     const double t0 = now_s();
     const std::string window = recommended_window(o);
-    const double eval_context_noise = o.eval_context_noise >= 0 ? o.eval_context_noise : o.context_noise;
+    // The flag, else the training's context noise, else what the model folder recommends.
+    const double eval_context_noise = o.eval_context_noise >= 0 ? o.eval_context_noise
+                                      : o.context_noise > 0
+                                          ? o.context_noise
+                                          : fm.man.value("recommended", json::object()).value("context_noise", 0.0);
     const CacheSpec spec = parse_cache_spec(o.eval_cache == "window"            ? window
                                             : o.eval_cache == "window-absolute" ? window + ",rope=absolute"
                                                                                 : o.eval_cache,
@@ -1681,8 +1685,10 @@ int main(int argc, char** argv) {
     app.add_option("--recommend-steps", o.recommend_steps, "denoising timesteps the export recommends in reel.json");
     app.add_option("--recommend-sampler", o.recommend_sampler, "sampler the export recommends in reel.json")
         ->check(CLI::IsMember(rollout_sampler_names()));
-    app.add_option("--eval-context-noise", o.eval_context_noise,
-                   "the eval rollouts' cache-pass timestep (reel's --context-noise); default: --context-noise")
+    app.add_option(
+           "--eval-context-noise", o.eval_context_noise,
+           "the eval rollouts' cache-pass timestep (reel's --context-noise); default: --context-noise, else the "
+           "model folder's recommended")
         ->check(CLI::Range(0.0, 999.0));
     app.add_option("--recommend-context-noise", o.recommend_context_noise,
                    "cache-pass timestep the export recommends in reel.json; default: --context-noise")
