@@ -103,10 +103,10 @@ struct Options {
     // depend on offsets only).
     std::string eval_cache = "window", eval_merge = "none";
     uint64_t eval_seed = 0;
-    double eval_guidance = 1.0;
-    double eval_context_noise = -1;       // the eval rollouts' cache-pass timestep; < 0: the training's --context-noise
-    double recommend_context_noise = -1;  // reel.json's; < 0: the training's --context-noise  // classifier-free
-                                          // guidance scale of the eval rollouts (1: off)
+    double eval_guidance = 1.0;  // classifier-free guidance scale of the eval rollouts (1: off)
+    // The eval rollouts' cache-pass timestep; < 0: the training's --context-noise, else the model folder's.
+    double eval_context_noise = -1;
+    double recommend_context_noise = -1;  // reel.json's; < 0: the training's --context-noise
     std::vector<double> eval_steps{1000, 750, 500, 250};
     std::string eval_sampler = "renoise";
     std::vector<double> recommend_steps{1000, 750, 500, 250};  // reel.json's recommended steps and sampler
