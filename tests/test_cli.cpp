@@ -12,12 +12,15 @@
 #include <sstream>
 #include <string>
 
+#include "process_util.h"
 #include "src/video/video_reader.h"
 #include "src/video/video_writer.h"
 #include "tinyworld/prompt.h"
 #include "tinyworld/world.h"
 
 namespace {
+
+using namespace reel::test;
 
 const std::string kReel = REEL_BINARY;
 const std::string kToy = std::string(REEL_TEST_DATA) + "/toy_model";
@@ -27,36 +30,14 @@ struct Result {
     std::string out, err;
 };
 
-std::string slurp(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-bool exists(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0;
-}
-
-class Cli : public ::testing::Test {
+class Cli : public TempDirTest {
   protected:
-    void SetUp() override {
-        char tmpl[] = "/tmp/reel_cli_XXXXXX";
-        dir_ = mkdtemp(tmpl);
-    }
-    void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
-
     Result run(const std::string& args) {
         const std::string out = dir_ + "/stdout", err = dir_ + "/stderr";
         std::string cmd = kReel + " " + args + " >" + out + " 2>" + err;
         int st = std::system(cmd.c_str());
-        Result r{WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(out), slurp(err)};
-        return r;
+        return Result{exit_code(st), slurp(out), slurp(err)};
     }
-    std::string path(const std::string& name) const { return dir_ + "/" + name; }
-
-    std::string dir_;
 };
 
 int64_t count_frames(const std::string& path, reel::VideoInfo* info = nullptr) {

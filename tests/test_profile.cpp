@@ -14,10 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "process_util.h"
 #include "src/engine/profile_report.h"
 
 namespace {
 
+using namespace reel::test;
 using nlohmann::json;
 using reel::ProfileRun;
 
@@ -73,18 +75,6 @@ std::vector<std::string> lines_of(const std::string& text) {
     while (std::getline(ss, l))
         out.push_back(l);
     return out;
-}
-
-std::string slurp(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-bool exists(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0;
 }
 
 }  // namespace
@@ -295,14 +285,8 @@ namespace {
 const std::string kReel = REEL_BINARY;
 const std::string kToy = std::string(REEL_TEST_DATA) + "/toy_model";
 
-class ProfileCli : public ::testing::Test {
+class ProfileCli : public TempDirTest {
   protected:
-    void SetUp() override {
-        char tmpl[] = "/tmp/reel_profile_XXXXXX";
-        dir_ = mkdtemp(tmpl);
-    }
-    void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
-
     int run(const std::string& args, std::string* out = nullptr, std::string* err = nullptr) {
         const std::string o = dir_ + "/stdout", e = dir_ + "/stderr";
         const int st = std::system((kReel + " " + args + " >" + o + " 2>" + e).c_str());
@@ -310,11 +294,8 @@ class ProfileCli : public ::testing::Test {
             *out = slurp(o);
         if (err)
             *err = slurp(e);
-        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        return exit_code(st);
     }
-    std::string path(const std::string& name) const { return dir_ + "/" + name; }
-
-    std::string dir_;
 };
 
 }  // namespace

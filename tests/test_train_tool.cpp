@@ -1,41 +1,22 @@
 // The training tool end to end at toy size: every stage of the recipe runs, resumes, exports a model folder that
 // `reel generate` serves, and the export carries what the DiT was trained with (context noise) into reel.json.
 #include <gtest/gtest.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
+#include "process_util.h"
+
 namespace {
+
+using namespace reel::test;
 
 const std::string kTool = REEL_TRAIN_TOOL;
 const std::string kReel = REEL_BINARY;
 
-std::string slurp(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-bool exists(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0;
-}
-
-class TrainTool : public ::testing::Test {
+class TrainTool : public TempDirTest {
   protected:
-    void SetUp() override {
-        char tmpl[] = "/tmp/reel_train_XXXXXX";
-        dir_ = mkdtemp(tmpl);
-    }
-    void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
-
     // Runs the tool on this test's folders with toy sizes; returns its exit status, its output in `log`.
     int tool(const std::string& args, std::string* log = nullptr) {
         const std::string common = " --out " + dir_ + "/model --state " + dir_ +
@@ -47,11 +28,8 @@ class TrainTool : public ::testing::Test {
         const int st = std::system((kTool + " " + args + common + " >" + out + " 2>&1").c_str());
         if (log)
             *log = slurp(out);
-        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        return exit_code(st);
     }
-    std::string path(const std::string& name) const { return dir_ + "/" + name; }
-
-    std::string dir_;
 };
 
 TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {

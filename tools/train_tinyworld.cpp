@@ -635,6 +635,7 @@ struct FolderModel {
     json man;
     WanDitConfig dcfg;
     WanVaeConfig vcfg;
+    double context_noise;  // reel.json's recommended cache-pass timestep: the DiT was trained for it
     TensorMap dit_w, text_w;
     WanDit dit;
     UMT5Encoder enc;
@@ -644,6 +645,7 @@ struct FolderModel {
         : man(read_json(dir + "/reel.json")),
           dcfg(WanDitConfig::from_json(man["dit"]["config"])),
           vcfg(man["vae"]["config"].get<WanVaeConfig>()),
+          context_noise(man.value("recommended", json::object()).value("context_noise", 0.0)),
           dit_w(load_safetensors(dir + "/dit.safetensors")),
           text_w(load_safetensors(dir + "/text_encoder.safetensors")),
           dit(dcfg, dit_w, c10::kCPU, at::kFloat),
@@ -659,6 +661,7 @@ struct FolderModel {
         rc.channels = dcfg.in_dim;
         rc.seed = seed;
         rc.guidance = guidance;
+        rc.context_noise = context_noise;
         return rc;
     }
 
@@ -704,16 +707,13 @@ at::Tensor dit_sample_latents(const Options& o, const std::string& dir, int n, i
     const json rec = fm.man.value("recommended", json::object());
     const CacheSpec spec = parse_cache_spec(rec.value("cache", std::string("full")), "none", "none", "");
     const double guidance = rec.value("guidance", 1.0);
-    const double context_noise = rec.value("context_noise", 0.0);
     const auto prompts = train_prompts();
     const std::vector<size_t> ids = dit_sample_prompts(o, n);
     std::vector<at::Tensor> all;
     for (int i = 0; i < n; ++i) {
         const std::string& prompt = prompts[ids[size_t(i)]];
         std::unique_ptr<KVCache> cache = make_cache(spec, int(fm.dcfg.num_layers));
-        RolloutConfig rc = fm.rollout_config(7000000 + uint64_t(i), guidance);
-        rc.context_noise = context_noise;
-        CausalRollout roll(fm.dit, *cache, rc);
+        CausalRollout roll(fm.dit, *cache, fm.rollout_config(7000000 + uint64_t(i), guidance));
         roll.set_context(fm.context(prompt, guidance));
         std::vector<at::Tensor> chunks;
         for (int64_t f = 0; f < f_lat; f += kChunk)
@@ -1341,9 +1341,8 @@ json stage_eval(const Options& o) {
     const std::string window = recommended_window(o);
     // The flag, else the training's context noise, else what the model folder recommends.
     const double eval_context_noise = o.eval_context_noise >= 0 ? o.eval_context_noise
-                                      : o.context_noise > 0
-                                          ? o.context_noise
-                                          : fm.man.value("recommended", json::object()).value("context_noise", 0.0);
+                                      : o.context_noise > 0     ? o.context_noise
+                                                                : fm.context_noise;
     const CacheSpec spec = parse_cache_spec(o.eval_cache == "window"            ? window
                                             : o.eval_cache == "window-absolute" ? window + ",rope=absolute"
                                                                                 : o.eval_cache,
