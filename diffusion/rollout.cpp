@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
+#include <sstream>
 #include <stdexcept>
 
 namespace reel {
@@ -136,7 +137,26 @@ at::Tensor CausalRollout::next_chunk() {
     }
     sync(x0);
     timing_.denoise_ms = ms_since(t0);
+    write_chunk(x0);
+    return x0;
+}
 
+void CausalRollout::push_chunk(const at::Tensor& x0) {
+    if (!dit_.has_context())
+        throw std::runtime_error("rollout: set_context before push_chunk");
+    const std::vector<int64_t> want{cfg_.batch, cfg_.chunk_frames, cfg_.channels, cfg_.latent_h, cfg_.latent_w};
+    if (x0.sizes().vec() != want) {
+        std::ostringstream msg;
+        msg << "rollout: push_chunk wants latents of shape [B, F, C, H, W] = " << c10::IntArrayRef(want) << ", got "
+            << x0.sizes();
+        throw std::runtime_error(msg.str());
+    }
+    timing_.denoise_ms = 0;
+    write_chunk(x0.to(dit_.device(), dit_.dtype()));
+}
+
+void CausalRollout::write_chunk(const at::Tensor& x0) {
+    const int n_steps = static_cast<int>(steps_.size());
     // Cache pass: write the K/V of the clean chunk (outputs discarded).
     const auto t1 = std::chrono::steady_clock::now();
     at::Tensor xc = x0;
@@ -148,7 +168,6 @@ at::Tensor CausalRollout::next_chunk() {
     sync(call(xc, tc, -1));
     timing_.cache_pass_ms = ms_since(t1);
     ++chunks_done_;
-    return x0;
 }
 
 }  // namespace reel

@@ -80,6 +80,9 @@ class CausalRollout {
 
     // Generates the next chunk; returns its clean latents [B, F, C, H, W] (pipeline layout, model dtype).
     at::Tensor next_chunk();
+    // Appends a given clean chunk x0 [B, F, C, H, W] (e.g. an existing video's latents, to continue it) as if it had
+    // been generated: only its cache pass runs.
+    void push_chunk(const at::Tensor& x0);
     ChunkTiming last_timing() const { return timing_; }
     int64_t frames_done() const { return chunks_done_ * cfg_.chunk_frames; }
     int64_t chunks_done() const { return chunks_done_; }
@@ -95,6 +98,7 @@ class CausalRollout {
   private:
     at::Tensor noise(NoiseRequest::Kind kind, int step);
     at::Tensor call(const at::Tensor& x, float t, int step, at::Tensor* flow_out = nullptr);
+    void write_chunk(const at::Tensor& x0);  // the cache pass of a finished chunk, then advance
     bool guided() const { return cfg_.guidance != 1.0; }
 
     WanDit& dit_;

@@ -264,3 +264,40 @@ TEST(Rollout, EulerSamplerFollowsTheFlow) {
     EXPECT_EQ(parse_rollout_sampler("renoise"), RolloutSampler::kRenoise);
     EXPECT_THROW(parse_rollout_sampler("ddpm"), std::runtime_error);
 }
+
+// push_chunk continues a given video: pushing the chunk a rollout generated leaves the cache, and so the next chunk,
+// exactly as generating it did (noise keyed by chunk and step, so both runs draw the same); a wrong shape is refused.
+TEST(Rollout, PushChunkContinuesAGivenVideo) {
+    TensorMap g = test::load_golden("dit_rollout_global.safetensors");
+    WanDit dit(test::golden_dit_config(), test::golden_dit_weights(), at::kCPU, at::kFloat);
+    auto keyed = [](const NoiseRequest& r) {
+        return at::randn(r.shape, at::make_generator<at::CPUGeneratorImpl>(1000 * r.chunk + 10 * r.kind + r.step + 5));
+    };
+    auto c1 = make_full_cache(2);
+    CausalRollout gen(dit, *c1, toy_rollout(3));
+    gen.set_context(g.at("context"));
+    gen.set_noise_hook(keyed);
+    at::Tensor first = gen.next_chunk(), second = gen.next_chunk();
+
+    auto c2 = make_full_cache(2);
+    CausalRollout cont(dit, *c2, toy_rollout(3));
+    cont.set_context(g.at("context"));
+    cont.set_noise_hook(keyed);
+    int calls = 0;
+    cont.set_call_observer([&](const CallRecord&) { ++calls; });
+    cont.push_chunk(first);
+    EXPECT_EQ(calls, 1) << "a pushed chunk runs only its cache pass";
+    EXPECT_EQ(cont.frames_done(), 3);
+    EXPECT_EQ(c2->frames(), c1->frames() - 3);
+    at::Tensor next = cont.next_chunk();
+    EXPECT_TRUE(at::allclose(next, second, 1e-5, 1e-5)) << (next - second).abs().max().item<double>();
+
+    // Another first chunk changes what follows: the context is used.
+    auto c3 = make_full_cache(2);
+    CausalRollout other(dit, *c3, toy_rollout(3));
+    other.set_context(g.at("context"));
+    other.set_noise_hook(keyed);
+    other.push_chunk(first.flip(3));
+    EXPECT_GT((other.next_chunk() - second).abs().max().item<double>(), 1e-3);
+    EXPECT_THROW(other.push_chunk(first.narrow(1, 0, 2)), std::runtime_error);
+}

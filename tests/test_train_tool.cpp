@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -18,12 +19,17 @@ const std::string kReel = REEL_BINARY;
 class TrainTool : public TempDirTest {
   protected:
     // Runs the tool on this test's folders with toy sizes; returns its exit status, its output in `log`.
-    int tool(const std::string& args, std::string* log = nullptr) {
-        const std::string common = " --out " + dir_ + "/model --state " + dir_ +
-                                   "/state --threads 1 --seed 1 --eval-prompts 1 --eval-frames 9"
+    int tool(const std::string& args,
+             std::string* log = nullptr,
+             const std::string& model = "model",
+             const std::string& state = "state",
+             int dit_layers = 1) {
+        const std::string common = " --out " + dir_ + "/" + model + " --state " + dir_ + "/" + state +
+                                   " --threads 1 --seed 1 --eval-prompts 1 --eval-frames 9"
                                    " --vae-dim 8 --vae-dec-dim 8 --vae-mult 1 2 4 --vae-res 1"
                                    " --latent-clips 4 --chunks 2 --dit-batch 2 --dit-dim 32 --dit-ffn 64"
-                                   " --dit-heads 2 --dit-layers 1 --text-dim 32 --dit-patch 4 --recommend-sink 3";
+                                   " --dit-heads 2 --text-dim 32 --dit-patch 4 --recommend-sink 3 --dit-layers " +
+                                   std::to_string(dit_layers);
         const std::string out = dir_ + "/log";
         const int st = std::system((kTool + " " + args + common + " >" + out + " 2>&1").c_str());
         if (log)
@@ -58,6 +64,23 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
     EXPECT_EQ(nlohmann::json::parse(slurp(path("state/eval_9.json")))["context_noise"].get<double>(), 100.0);
     ASSERT_EQ(tool("--stage eval --eval-context-noise 0", &log), 0) << log;
     EXPECT_EQ(nlohmann::json::parse(slurp(path("state/eval_9.json")))["context_noise"].get<double>(), 0.0);
+
+    // Continuing the rendered clip's first chunk: the score covers the frames after it, and the summary splits
+    // shape by the prompted shape.
+    ASSERT_EQ(tool("--stage eval --eval-prefix-chunks 1", &log), 0) << log;
+    const nlohmann::json pe = nlohmann::json::parse(slurp(path("state/eval_9.json")));
+    EXPECT_EQ(pe["prefix_chunks"].get<int>(), 1);
+    ASSERT_EQ(pe["by_prompted_shape"].size(), 1u) << pe.dump();
+    EXPECT_EQ(pe["by_prompted_shape"].begin().value()["videos"].get<int>(), 1);
+    // What a token of the DiT's width can carry: the VAE alone, principal components, the head's span.
+    ASSERT_EQ(tool("--stage patch-rank", &log), 0) << log;
+    EXPECT_NE(log.find("patch-rank: identity"), std::string::npos) << log;
+    EXPECT_NE(log.find("span of the DiT's head"), std::string::npos) << log;
+    // A deeper DiT grows from the folder's (in a copy of it: the VAE and tokenizer stay): the missing block starts
+    // as an identity.
+    std::filesystem::copy(path("model"), path("grown"));
+    ASSERT_EQ(tool("--stage dit --max-steps 1 --dit-init " + path("model"), &log, "grown", "grown_state", 2), 0) << log;
+    EXPECT_NE(log.find("1 blocks beyond the init's start as identities"), std::string::npos) << log;
 
     // reel serves the folder with the recommended settings.
     const std::string cmd = kReel + " generate -m " + path("model") +

@@ -109,6 +109,7 @@ struct Options {
     double recommend_context_noise = -1;  // reel.json's; < 0: the training's --context-noise
     std::vector<double> eval_steps{1000, 750, 500, 250};
     std::string eval_sampler = "renoise";
+    int eval_prefix_chunks = 0;
     std::vector<double> recommend_steps{1000, 750, 500, 250};  // reel.json's recommended steps and sampler
     std::string recommend_sampler = "renoise";
 };
@@ -1154,6 +1155,21 @@ void stage_dit(const Options& o, double minutes) {
             if (kv.first == "head.head.weight")
                 head_from_init = copied;
         }
+        // Blocks the init lacks (a deeper DiT grown from a shallower one) start as identities: their three output
+        // projections at zero, so the grown model computes what the init did and training adds from there.
+        int grown = 0;
+        for (int64_t l = 0; l < dcfg.num_layers; ++l) {
+            const std::string b = "blocks." + std::to_string(l) + ".";
+            if (init_dit.count(b + "self_attn.o.weight"))
+                continue;
+            torch::NoGradGuard ng;
+            for (const char* n : {"self_attn.o.", "cross_attn.o.", "ffn.2."})
+                for (const char* t : {"weight", "bias"})
+                    dit.at(b + n + t).zero_();
+            ++grown;
+        }
+        if (grown > 0)
+            std::printf("dit: %d blocks beyond the init's start as identities\n", grown);
         const TensorMap init_text = load_safetensors(o.dit_init + "/text_encoder.safetensors");
         for (auto& kv : text)
             nt += copy_if_same_shape(init_text, kv.first, kv.second);
@@ -1323,7 +1339,7 @@ json stage_eval(const Options& o) {
     torch::NoGradGuard ng;
     FolderModel fm(o.out);
     TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
-    WanVae vae(vw, fm.vcfg, c10::kCPU, at::kFloat, false);
+    WanVae vae(vw, fm.vcfg, c10::kCPU, at::kFloat, o.eval_prefix_chunks > 0);
 
     auto prompts = tinyworld_suite("eval");
     if (o.eval_prompts > 0 && size_t(o.eval_prompts) < prompts.size()) {
@@ -1333,10 +1349,19 @@ json stage_eval(const Options& o) {
             sub.push_back(prompts[size_t(i) * prompts.size() / size_t(o.eval_prompts)]);
         prompts = sub;
     }
+    // With --eval-prefix-chunks N the rollout continues the rendered clip's first N chunks (encoded by the VAE), and
+    // the score covers the --eval-frames frames after them.
+    const int64_t prefix = o.eval_prefix_chunks;
+    const int64_t prefix_frames = prefix > 0 ? 1 + 4 * (prefix * kChunk - 1) : 0;
     int64_t chunks = 1;
-    while (1 + 4 * (chunks * kChunk - 1) < o.eval_frames)
+    while (1 + 4 * (chunks * kChunk - 1) < o.eval_frames + prefix_frames)
         ++chunks;
     std::vector<EvalReport> reports;
+    struct ShapeTally {
+        double shape = 0, fill = 0;
+        int videos = 0;
+    };
+    std::map<std::string, ShapeTally> by_shape;
     const double t0 = now_s();
     const std::string window = recommended_window(o);
     // The flag, else the training's context noise, else what the model folder recommends.
@@ -1356,17 +1381,45 @@ json stage_eval(const Options& o) {
         CausalRollout roll(fm.dit, *cache, rc);
         roll.set_context(fm.context(prompts[i], o.eval_guidance));
         WanVaeDecodeStream dec(vae);
+        at::Tensor given;  // [1, 3N, C, h, w]
+        if (prefix > 0) {
+            at::Tensor v, m;
+            render_clip(parse_prompt(prompts[i]), 1000003 + i, 0, prefix_frames, &v, &m);
+            given = vae.encode(v.unsqueeze(0)).permute({0, 2, 1, 3, 4}).contiguous();
+        }
         std::vector<std::vector<uint8_t>> frames;
+        int64_t seen = 0;
         for (int64_t c = 0; c < chunks; ++c) {
-            at::Tensor lat = roll.next_chunk();                          // [1, 3, C, 8, 8]
+            at::Tensor lat;  // [1, 3, C, h, w]
+            if (c < prefix) {
+                lat = given.narrow(1, c * kChunk, kChunk);
+                roll.push_chunk(lat);
+            } else {
+                lat = roll.next_chunk();
+            }
             at::Tensor rgb = dec.push(lat.permute({0, 2, 1, 3, 4}))[0];  // [3, T, 64, 64]
             for (auto& f : to_frames(rgb))
-                if (int(frames.size()) < o.eval_frames)
+                if (seen++ >= prefix_frames && int(frames.size()) < o.eval_frames)
                     frames.push_back(std::move(f));
         }
         EvalReport r = evaluate_frames(frames, 64, 64, prompts[i]);
         std::printf("eval %2zu  overall %.3f  bg %.2f  colour %.2f  shape %.2f  dir %.2f  | %s\n", i, r.overall,
                     r.background, r.color, r.shape, r.direction, prompts[i].c_str());
+        // Per prompted shape: its adherence and the largest blob's fill (circle ~0.785, square ~1 when rendered):
+        // whether the model draws squares rounder than the evaluator's 0.87 or does not tell shapes apart at all.
+        {
+            double fill = 0;
+            int n = 0;
+            for (const FrameDetection& d : r.detections)
+                if (!d.blobs.empty()) {
+                    fill += d.blobs[0].fill;
+                    ++n;
+                }
+            ShapeTally& t = by_shape[shape_name(parse_prompt(prompts[i]).objects[0].shape)];
+            t.shape += r.shape;
+            t.fill += n > 0 ? fill / n : 0.0;
+            ++t.videos;
+        }
         std::fflush(stdout);
         reports.push_back(r);
     }
@@ -1379,6 +1432,11 @@ json stage_eval(const Options& o) {
     j["steps"] = o.eval_steps;
     j["sampler"] = o.eval_sampler;
     j["context_noise"] = eval_context_noise;
+    j["prefix_chunks"] = prefix;
+    for (const auto& kv : by_shape)
+        j["by_prompted_shape"][kv.first] = {{"videos", kv.second.videos},
+                                            {"shape", kv.second.shape / kv.second.videos},
+                                            {"largest_blob_fill", kv.second.fill / kv.second.videos}};
     j["seconds"] = now_s() - t0;
     std::printf("eval summary: %s\n", j.dump().c_str());
     make_dirs(o.state);
@@ -1397,6 +1455,100 @@ void stage_vae_eval(const Options& o) {
     json r = eval_vae_recon(o, params, cfg, o.eval_prompts);
     r["step"] = m.value("step", int64_t(0));
     std::printf("vae eval: %s\n", r.dump().c_str());
+}
+
+// ---------------------------------------------------------------- patch-rank: what a token of width dim can carry
+
+// z [1, C, F, H, W] -> tokens [F * H/p * W/p, p * p * C], each ordered (row, column, channel) as the DiT's head writes.
+at::Tensor to_patches(const at::Tensor& z, int64_t p) {
+    const int64_t c = z.size(1), f = z.size(2), h = z.size(3), w = z.size(4);
+    return z[0].reshape({c, f, h / p, p, w / p, p}).permute({1, 2, 4, 3, 5, 0}).reshape({-1, p * p * c});
+}
+at::Tensor from_patches(const at::Tensor& t, int64_t p, int64_t c, int64_t f, int64_t h, int64_t w) {
+    return t.reshape({f, h / p, w / p, p, p, c}).permute({5, 0, 1, 3, 2, 4}).reshape({1, c, f, h, w});
+}
+
+// Can a DiT of width dim write a tinyworld frame at all? Its head maps a dim-wide token to a p x p x C latent patch
+// (256 values for patch 4 and 16 channels), so whatever it writes lies in a subspace of rank <= dim; its patch
+// embedding likewise sees the context through dim projections. Here the eval clips' latents (33 frames) are cut into
+// the DiT's patches, projected onto the top-k principal components of such patches (fitted on the same latents: the
+// best any rank-k head could do) and onto the shipped DiT's head and patch-embedding subspaces, then decoded and
+// scored by the evaluator.
+void stage_patch_rank(const Options& o) {
+    torch::NoGradGuard ng;
+    FolderModel fm(o.out);
+    TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
+    WanVae vae(vw, fm.vcfg, c10::kCPU, at::kFloat, true);
+    TensorMap dw = load_safetensors(o.out + "/dit.safetensors");
+    const int64_t p = fm.dcfg.patch[1];
+    auto prompts = tinyworld_suite("eval");
+    if (o.eval_prompts > 0 && size_t(o.eval_prompts) < prompts.size())
+        prompts.resize(size_t(o.eval_prompts));
+    std::vector<at::Tensor> videos, latents;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        at::Tensor v, m;
+        render_clip(parse_prompt(prompts[i]), 1000003 + i, 0, 33, &v, &m);
+        videos.push_back(v);
+        latents.push_back(vae.encode(v.unsqueeze(0)));  // [1, C, F, h, w]
+    }
+    std::vector<at::Tensor> pts;
+    for (auto& z : latents)
+        pts.push_back(to_patches(z, p));
+    at::Tensor all = at::cat(pts, 0).to(at::kDouble);  // [M, D]
+    const at::Tensor mean = all.mean(0);
+    at::Tensor xc = all - mean;
+    auto eig = at::linalg_eigh(xc.t().mm(xc) / double(all.size(0)));
+    at::Tensor evals = std::get<0>(eig).flip(0), evecs = std::get<1>(eig).flip(1);  // descending
+    const int64_t d = all.size(1);
+    const double total = evals.sum().item<double>();
+    std::printf("patch-rank: %lld patches of %lld values; variance kept by the top k components:",
+                (long long)all.size(0), (long long)d);
+    for (int64_t k : {16, 32, 64, 96, 128, 192})
+        if (k < d)
+            std::printf(" k=%lld %.4f", (long long)k, evals.narrow(0, 0, k).sum().item<double>() / total);
+    std::printf("\n");
+    // Projections: onto span(U) for an orthonormal basis U [D, k] (about the patches' mean).
+    auto basis_of = [](const at::Tensor& a) {  // columns of a [D, k] -> orthonormal basis of their span
+        return std::get<0>(at::linalg_qr(a.to(at::kDouble)));
+    };
+    struct Case {
+        std::string name;
+        at::Tensor u;
+    };
+    std::vector<Case> cases{{"identity (the VAE alone)", at::Tensor()}};
+    for (int64_t k : {64, 128, 192})
+        if (k < d)
+            cases.push_back({"top " + std::to_string(k) + " principal components", evecs.narrow(1, 0, k)});
+    // head.head.weight [D, dim]: what the head can write; patch_embedding.weight [dim, C, 1, p, p] -> rows in the
+    // (row, column, channel) order of the patches: what the embedding can see.
+    cases.push_back({"span of the DiT's head", basis_of(dw.at("head.head.weight"))});
+    at::Tensor pe = dw.at("patch_embedding.weight").squeeze(2).permute({0, 2, 3, 1}).reshape({-1, d});  // [dim, D]
+    cases.push_back({"span of the DiT's patch embedding", basis_of(pe.t())});
+    for (const Case& c : cases) {
+        std::vector<EvalReport> reps;
+        double se = 0;
+        int64_t n = 0;
+        for (size_t i = 0; i < prompts.size(); ++i) {
+            at::Tensor z = latents[i];
+            if (c.u.defined()) {
+                at::Tensor t = to_patches(z, p).to(at::kDouble) - mean;
+                t = t.mm(c.u).mm(c.u.t()) + mean;
+                z = from_patches(t.to(at::kFloat), p, z.size(1), z.size(2), z.size(3), z.size(4));
+            }
+            at::Tensor rec = vae.decode(z)[0].clamp(-1, 1);
+            se += (rec - videos[i]).pow(2).sum().item<double>();
+            n += rec.numel();
+            reps.push_back(evaluate_frames(to_frames(rec), 64, 64, prompts[i]));
+        }
+        json j = summarize_reports(reps).to_json();
+        std::printf(
+            "patch-rank: %-34s psnr %.2f dB  overall %.3f  background %.2f  colour %.2f  shape %.2f  direction "
+            "%.2f\n",
+            c.name.c_str(), psnr_from_mse(se / double(n)), j["all"]["overall"].get<double>(),
+            j["all"]["background"].get<double>(), j["all"]["color"].get<double>(), j["all"]["shape"].get<double>(),
+            j["all"]["direction"].get<double>());
+        std::fflush(stdout);
+    }
 }
 
 // ---------------------------------------------------------------- latent-probe: what the latent space keeps
@@ -1558,8 +1710,10 @@ int main(int argc, char** argv) {
     CLI::App app{"Train reel's tinyworld model (tiny Wan VAE + umT5 + causal Wan DiT) on the procedural world"};
     app.add_option("--out", o.out, "model folder to export (reel.json, *.safetensors, tokenizer.model)");
     app.add_option("--state", o.state, "resumable training state (checkpoints, cached latents, eval json)");
-    app.add_option("--stage", o.stage, "all | tokenizer | vae | vae-eval | dit | eval | latent-probe | check")
-        ->check(CLI::IsMember({"all", "tokenizer", "vae", "vae-eval", "dit", "eval", "latent-probe", "check"}));
+    app.add_option("--stage", o.stage,
+                   "all | tokenizer | vae | vae-eval | dit | eval | latent-probe | patch-rank | check")
+        ->check(CLI::IsMember(
+            {"all", "tokenizer", "vae", "vae-eval", "dit", "eval", "latent-probe", "patch-rank", "check"}));
     app.add_option("--minutes", o.minutes, "time budget of the stage (all: 30% VAE, 70% DiT)");
     app.add_option("--ckpt-minutes", o.ckpt_minutes, "checkpoint and export period");
     app.add_option("--max-steps", o.max_steps, "stop a training stage after this many steps in total (0: no limit)");
@@ -1678,6 +1832,10 @@ int main(int argc, char** argv) {
                    "window (the recommended window: --recommend-sink sinks + the trained context) | window-absolute | "
                    "full | any reel --cache value");
     app.add_option("--eval-seed", o.eval_seed);
+    app.add_option("--eval-prefix-chunks", o.eval_prefix_chunks,
+                   "continue N chunks of the rendered clip (encoded by the VAE) instead of starting from noise; "
+                   "the score covers the frames after them")
+        ->check(CLI::Range(0, 1000));
     app.add_option("--eval-steps", o.eval_steps, "denoising timesteps per chunk of the eval rollouts (before warping)");
     app.add_option("--eval-sampler", o.eval_sampler, "the eval rollouts' sampler: renoise | euler (reel's --sampler)")
         ->check(CLI::IsMember(rollout_sampler_names()));
@@ -1706,6 +1864,8 @@ int main(int argc, char** argv) {
             stage_vae_eval(o);
         } else if (o.stage == "latent-probe") {
             stage_latent_probe(o);
+        } else if (o.stage == "patch-rank") {
+            stage_patch_rank(o);
         } else if (o.stage == "tokenizer") {
             stage_tokenizer(o);
         } else if (o.stage == "vae") {
