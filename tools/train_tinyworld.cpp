@@ -85,9 +85,10 @@ struct Options {
     int dit_batch = 16, chunks = 4, clips_per_prompt = 2, latent_clips = 0;
     int latent_extra = 0;  // latent frames encoded past the training window (windows then start mid-clip too)
     double dit_lr = 3e-4, context_noise = 0.0, warped_share = 0.5;
-    double train_shift = 5.0;     // shift of the table the other DiT timesteps come from (1: uniform noise levels)
-    bool sink_windows = false;    // mid-clip DiT windows keep the clip's first chunk in front (as sinks)
-    double self_context = 0.0;    // share of context chunks replaced by the DiT's own x0 estimate (exposure bias)
+    double train_shift = 5.0;         // shift of the table the other DiT timesteps come from (1: uniform noise levels)
+    bool sink_windows = false;        // mid-clip DiT windows keep the clip's first chunk in front (as sinks)
+    bool self_context_chain = false;  // --self-context estimates past the first chunk from the rollout's whole chain
+    double self_context = 0.0;        // share of context chunks replaced by the DiT's own x0 estimate (exposure bias)
     double sink_shift = 0.0;      // share of sink windows whose sinks get their own torus shift (a long video's gap)
     double dit_obj_weight = 8.0;  // flow-matching loss weight of latent cells an object touches
     int recommend_sink = 0;       // sink frames of the recommended window (reel.json)
@@ -1291,9 +1292,24 @@ void stage_dit(const Options& o, double minutes) {
                     at::Tensor own;
                     {
                         torch::NoGradGuard ng;
-                        const float tl = warped.back(), sl = sched.sigma_at(tl);
-                        at::Tensor xl = (1 - sl) * xk + sl * at::randn(xk.sizes(), gen, xk.options());
-                        own = xl - sl * model.forward(xl, at::full({B, kChunk}, tl), k * kChunk, cache);
+                        // --self-context-chain: past the first chunk (whose object could land anywhere, away from the
+                        // clip the next chunk is trained towards), the whole few-step chain from noise, as the
+                        // rollout makes it, given the context before it.
+                        const bool chain = o.self_context_chain && k > 0;
+                        const size_t first = chain ? 0 : warped.size() - 1;
+                        at::Tensor x = at::randn(xk.sizes(), gen, xk.options());
+                        if (!chain) {
+                            const float sl = sched.sigma_at(warped.back());
+                            x = (1 - sl) * xk + sl * x;
+                        }
+                        for (size_t i = first; i < warped.size(); ++i) {
+                            const float si = sched.sigma_at(warped[i]);
+                            own = x - si * model.forward(x, at::full({B, kChunk}, warped[i]), k * kChunk, cache);
+                            if (i + 1 < warped.size()) {
+                                const float sn = sched.sigma_at(warped[i + 1]);
+                                x = (1 - sn) * own + sn * at::randn(xk.sizes(), gen, xk.options());
+                            }
+                        }
                     }
                     std::vector<float> pick(static_cast<size_t>(B));
                     for (auto& p : pick)
@@ -1810,6 +1826,9 @@ int main(int argc, char** argv) {
             return (std::atoi(v.c_str()) >= 0 && std::atoi(v.c_str()) % 3 == 0) ? "" : "must be a multiple of 3, >= 0";
         });
     app.add_option("--context-noise", o.context_noise, "timestep of the context (cache) pass in training");
+    app.add_flag("--self-context-chain", o.self_context_chain,
+                 "--self-context estimates past a window's first chunk come from the rollout's whole few-step chain "
+                 "from noise (given the context before them) instead of one pass from the last step's noise level");
     app.add_option("--self-context", o.self_context,
                    "share of context chunks that are the DiT's own x0 estimate at the last inference step instead of "
                    "the clean chunk (what a rollout's cache holds; against drift in long videos)")
