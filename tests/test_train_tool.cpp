@@ -42,7 +42,7 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
     std::string log;
     ASSERT_EQ(tool("--stage tokenizer", &log), 0) << log;
     ASSERT_EQ(tool("--stage vae --max-steps 2 --vae-batch 1 --vae-frames 9", &log), 0) << log;
-    const std::string dit = "--stage dit --context-noise 100 --self-context 0.5";
+    const std::string dit = "--stage dit --context-noise 100 --self-context 0.5 --self-context-chain";
     ASSERT_EQ(tool(dit + " --max-steps 2", &log), 0) << log;
     EXPECT_EQ(nlohmann::json::parse(slurp(path("state/dit.json")))["step"].get<int>(), 2);
     ASSERT_EQ(tool(dit + " --resume --max-steps 3", &log), 0) << log;
