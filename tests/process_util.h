@@ -40,6 +40,16 @@ class TempDirTest : public ::testing::Test {
     }
     void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
     std::string path(const std::string& name) const { return dir_ + "/" + name; }
+    // Runs a shell command with its stdout and stderr caught in this folder; returns its exit code.
+    int run_captured(const std::string& cmd, std::string* out = nullptr, std::string* err = nullptr) {
+        const std::string o = path("stdout"), e = path("stderr");
+        const int st = std::system((cmd + " >" + o + " 2>" + e).c_str());
+        if (out)
+            *out = slurp(o);
+        if (err)
+            *err = slurp(e);
+        return exit_code(st);
+    }
 
     std::string dir_;
 };

@@ -26,17 +26,16 @@ const std::string kReel = REEL_BINARY;
 const std::string kToy = std::string(REEL_TEST_DATA) + "/toy_model";
 
 struct Result {
-    int rc;
+    int rc = -1;
     std::string out, err;
 };
 
 class Cli : public TempDirTest {
   protected:
     Result run(const std::string& args) {
-        const std::string out = dir_ + "/stdout", err = dir_ + "/stderr";
-        std::string cmd = kReel + " " + args + " >" + out + " 2>" + err;
-        int st = std::system(cmd.c_str());
-        return Result{exit_code(st), slurp(out), slurp(err)};
+        Result r;
+        r.rc = run_captured(kReel + " " + args, &r.out, &r.err);
+        return r;
     }
 };
 

@@ -288,13 +288,7 @@ const std::string kToy = std::string(REEL_TEST_DATA) + "/toy_model";
 class ProfileCli : public TempDirTest {
   protected:
     int run(const std::string& args, std::string* out = nullptr, std::string* err = nullptr) {
-        const std::string o = dir_ + "/stdout", e = dir_ + "/stderr";
-        const int st = std::system((kReel + " " + args + " >" + o + " 2>" + e).c_str());
-        if (out)
-            *out = slurp(o);
-        if (err)
-            *err = slurp(e);
-        return exit_code(st);
+        return run_captured(kReel + " " + args, out, err);
     }
 };
 

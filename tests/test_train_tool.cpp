@@ -30,11 +30,11 @@ class TrainTool : public TempDirTest {
                                    " --latent-clips 4 --chunks 2 --dit-batch 2 --dit-dim 32 --dit-ffn 64"
                                    " --dit-heads 2 --text-dim 32 --dit-patch 4 --recommend-sink 3 --dit-layers " +
                                    std::to_string(dit_layers);
-        const std::string out = dir_ + "/log";
-        const int st = std::system((kTool + " " + args + common + " >" + out + " 2>&1").c_str());
+        std::string out, err;
+        const int rc = run_captured(kTool + " " + args + common, &out, &err);
         if (log)
-            *log = slurp(out);
-        return exit_code(st);
+            *log = out + err;
+        return rc;
     }
 };
 

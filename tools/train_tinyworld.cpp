@@ -203,6 +203,11 @@ std::vector<std::string> train_prompts() {
     return tinyworld_suite("train");
 }
 
+// World seed of the i-th evaluation clip that the VAE eval, the prefix eval and patch-rank render: the same clips.
+uint64_t eval_clip_seed(size_t i) {
+    return 1000003 + i;
+}
+
 // lr with a short linear warm-up.
 double lr_at(double base, int64_t step) {
     return base * std::min(1.0, double(step + 1) / 200.0);
@@ -581,7 +586,7 @@ json eval_vae_recon(const Options& o, const TensorMap& params, const WanVaeConfi
     std::vector<double> se_group(size_t(groups), 0.0), n_group(size_t(groups), 0.0);
     for (size_t i = 0; i < prompts.size(); ++i) {
         at::Tensor v, m;
-        render_clip(parse_prompt(prompts[i]), 1000003 + i, 0, t, &v, &m);
+        render_clip(parse_prompt(prompts[i]), eval_clip_seed(i), 0, t, &v, &m);
         at::Tensor rec = vae.decode(vae.encode(v.unsqueeze(0)))[0];  // [3, T, H, W]
         at::Tensor d2 = (rec.clamp(-1, 1) - v).pow(2);
         se += d2.sum().item<double>();
@@ -1400,7 +1405,7 @@ json stage_eval(const Options& o) {
         at::Tensor given;  // [1, 3N, C, h, w]
         if (prefix > 0) {
             at::Tensor v, m;
-            render_clip(parse_prompt(prompts[i]), 1000003 + i, 0, prefix_frames, &v, &m);
+            render_clip(parse_prompt(prompts[i]), eval_clip_seed(i), 0, prefix_frames, &v, &m);
             given = vae.encode(v.unsqueeze(0)).permute({0, 2, 1, 3, 4}).contiguous();
         }
         std::vector<std::vector<uint8_t>> frames;
@@ -1495,7 +1500,7 @@ void stage_patch_rank(const Options& o) {
     FolderModel fm(o.out);
     TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
     WanVae vae(vw, fm.vcfg, c10::kCPU, at::kFloat, true);
-    TensorMap dw = load_safetensors(o.out + "/dit.safetensors");
+    const TensorMap& dw = fm.dit_w;
     const int64_t p = fm.dcfg.patch[1];
     auto prompts = tinyworld_suite("eval");
     if (o.eval_prompts > 0 && size_t(o.eval_prompts) < prompts.size())
@@ -1503,7 +1508,7 @@ void stage_patch_rank(const Options& o) {
     std::vector<at::Tensor> videos, latents;
     for (size_t i = 0; i < prompts.size(); ++i) {
         at::Tensor v, m;
-        render_clip(parse_prompt(prompts[i]), 1000003 + i, 0, 33, &v, &m);
+        render_clip(parse_prompt(prompts[i]), eval_clip_seed(i), 0, 33, &v, &m);
         videos.push_back(v);
         latents.push_back(vae.encode(v.unsqueeze(0)));  // [1, C, F, h, w]
     }
@@ -1726,10 +1731,12 @@ int main(int argc, char** argv) {
     CLI::App app{"Train reel's tinyworld model (tiny Wan VAE + umT5 + causal Wan DiT) on the procedural world"};
     app.add_option("--out", o.out, "model folder to export (reel.json, *.safetensors, tokenizer.model)");
     app.add_option("--state", o.state, "resumable training state (checkpoints, cached latents, eval json)");
-    app.add_option("--stage", o.stage,
-                   "all | tokenizer | vae | vae-eval | dit | eval | latent-probe | patch-rank | check")
-        ->check(CLI::IsMember(
-            {"all", "tokenizer", "vae", "vae-eval", "dit", "eval", "latent-probe", "patch-rank", "check"}));
+    const std::vector<std::string> stages{"all",  "tokenizer",    "vae",        "vae-eval", "dit",
+                                          "eval", "latent-probe", "patch-rank", "check"};
+    std::string stage_help;
+    for (const std::string& st : stages)
+        stage_help += (stage_help.empty() ? "" : " | ") + st;
+    app.add_option("--stage", o.stage, stage_help)->check(CLI::IsMember(stages));
     app.add_option("--minutes", o.minutes, "time budget of the stage (all: 30% VAE, 70% DiT)");
     app.add_option("--ckpt-minutes", o.ckpt_minutes, "checkpoint and export period");
     app.add_option("--max-steps", o.max_steps, "stop a training stage after this many steps in total (0: no limit)");
