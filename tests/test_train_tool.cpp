@@ -45,8 +45,11 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
     const std::string dit = "--stage dit --context-noise 100 --self-context 0.5 --self-context-chain";
     ASSERT_EQ(tool(dit + " --max-steps 2", &log), 0) << log;
     EXPECT_EQ(nlohmann::json::parse(slurp(path("state/dit.json")))["step"].get<int>(), 2);
-    ASSERT_EQ(tool(dit + " --resume --max-steps 3", &log), 0) << log;
-    EXPECT_EQ(nlohmann::json::parse(slurp(path("state/dit.json")))["step"].get<int>(), 3);
+    // Resumed with the median-seeking loss: the checkpoint records which loss its last steps used.
+    ASSERT_EQ(tool(dit + " --resume --max-steps 3 --dit-loss l1", &log), 0) << log;
+    const nlohmann::json ck = nlohmann::json::parse(slurp(path("state/dit.json")));
+    EXPECT_EQ(ck["step"].get<int>(), 3);
+    EXPECT_EQ(ck["dit_loss"].get<std::string>(), "l1");
     for (const char* f :
          {"reel.json", "dit.safetensors", "vae.safetensors", "text_encoder.safetensors", "tokenizer.model"})
         EXPECT_TRUE(exists(path("model/") + f)) << f;
@@ -98,6 +101,8 @@ TEST_F(TrainTool, BadFlagsAreRefusedByName) {
     EXPECT_NE(log.find("--self-context"), std::string::npos) << log;
     EXPECT_NE(tool("--stage eval --eval-context-noise 1000", &log), 0);
     EXPECT_NE(log.find("--eval-context-noise"), std::string::npos) << log;
+    EXPECT_NE(tool("--stage dit --dit-loss huber", &log), 0);
+    EXPECT_NE(log.find("--dit-loss"), std::string::npos) << log;
 }
 
 }  // namespace

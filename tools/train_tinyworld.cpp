@@ -89,9 +89,10 @@ struct Options {
     bool sink_windows = false;        // mid-clip DiT windows keep the clip's first chunk in front (as sinks)
     bool self_context_chain = false;  // --self-context estimates past the first chunk from the rollout's whole chain
     double self_context = 0.0;        // share of context chunks replaced by the DiT's own x0 estimate (exposure bias)
-    double sink_shift = 0.0;      // share of sink windows whose sinks get their own torus shift (a long video's gap)
-    double dit_obj_weight = 8.0;  // flow-matching loss weight of latent cells an object touches
-    int recommend_sink = 0;       // sink frames of the recommended window (reel.json)
+    double sink_shift = 0.0;       // share of sink windows whose sinks get their own torus shift (a long video's gap)
+    double dit_obj_weight = 8.0;   // flow-matching loss weight of latent cells an object touches
+    std::string dit_loss = "mse";  // mse (x0 estimate: posterior mean) | l1 (per-cell posterior median)
+    int recommend_sink = 0;        // sink frames of the recommended window (reel.json)
     double recommend_guidance = 1.0;  // written to reel.json's `recommended` block: reel generate's default
     double text_drop = 0.0;    // share of training clips whose prompt is replaced by "" (classifier-free guidance)
     double dit_lr_final = -1;  // < 0: constant lr; else cosine from dit_lr at lr_decay_start to this at max_steps
@@ -1222,8 +1223,8 @@ void stage_dit(const Options& o, double minutes) {
     const double t0 = now_s();
     double last_ck = t0, ema = -1;
     auto save = [&]() {
-        json m = {{"step", step},    {"trained_s", trained_s},       {"seed", o.seed},
-                  {"loss_ema", ema}, {"dit_config", dcfg.to_json()}, {"text_config", tcfg}};
+        json m = {{"step", step},           {"trained_s", trained_s},       {"seed", o.seed},     {"loss_ema", ema},
+                  {"dit_loss", o.dit_loss}, {"dit_config", dcfg.to_json()}, {"text_config", tcfg}};
         ck.save(joint, opt, m);
         export_dit(o, dit, text, step);
     };
@@ -1266,7 +1267,8 @@ void stage_dit(const Options& o, double minutes) {
         }
         at::Tensor x0 = at::stack(xs);  // [B, F, C, h, w]
         // Loss weights [B, F, 1, h, w]: objects cover a few of the 64 cells of a latent frame, so an unweighted
-        // loss is won by the background. The weighting moves no per-cell optimum, only where capacity goes.
+        // loss is won by the background. The weights follow the clip's own object, so where the object's place is
+        // uncertain they also pull the optimum towards painting it (a weighted mean or median).
         at::Tensor wt = 1.0 + (o.dit_obj_weight - 1.0) * at::stack(ws);
         UMT5Encoder enc(text, tcfg, c10::kCPU, at::kFloat);
         WanDit model(dcfg, dit, c10::kCPU, at::kFloat);
@@ -1285,7 +1287,12 @@ void stage_dit(const Options& o, double minutes) {
             at::Tensor xt = (1 - sigma) * xk + sigma * noise;
             at::Tensor flow = model.forward(xt, t, k * kChunk, cache);  // [B, 3, C, h, w]
             at::Tensor wk = wt.narrow(1, k * kChunk, kChunk);
-            loss = loss + ((flow - (noise - xk)).pow(2) * wk).mean() / wk.mean();
+            // Given x_t, the flow target is affine in x0, so the per-cell optimum of the loss carries over to the x0
+            // estimate: MSE's is the posterior mean, a blur of every place the object may be; L1's the median, which
+            // in each cell is either object or background.
+            at::Tensor err = flow - (noise - xk);
+            err = o.dit_loss == "l1" ? err.abs() : err.pow(2);
+            loss = loss + (err * wk).mean() / wk.mean();
             if (k + 1 < o.chunks) {
                 // Context pass (what inference's cache pass writes): the clean chunk at t=0, or lightly noised.
                 at::Tensor xc = xk;
@@ -1810,6 +1817,10 @@ int main(int argc, char** argv) {
     app.add_option("--dit-lr", o.dit_lr);
     app.add_option("--dit-obj-weight", o.dit_obj_weight,
                    "flow-matching loss weight of latent cells an object touches (1: unweighted)");
+    app.add_option("--dit-loss", o.dit_loss,
+                   "DiT flow-matching loss: mse (its x0 estimate is the posterior mean) | l1 (the per-cell median: "
+                   "commits to object or background where the mean blurs)")
+        ->check(CLI::IsMember({"mse", "l1"}));
     app.add_option("--text-drop", o.text_drop,
                    "share of training clips trained on the empty prompt, for classifier-free guidance (0.1 typical)")
         ->check(CLI::Range(0.0, 1.0));
