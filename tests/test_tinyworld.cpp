@@ -418,6 +418,29 @@ TEST(TinyworldWorld, BouncingStaysInsideAndReverses) {
     EXPECT_GE(reversals, 4);
 }
 
+TEST(TinyworldWorld, PlaceSetsWhereTheObjectIsAndItMovesOnFromThere) {
+    World w(parse_prompt("a green square moving left quickly on a navy background"), 5);
+    w.place(0, 500, 3.5, 60.25);  // near the border: the world wraps
+    ObjectState at = w.object_state(0, 500);
+    EXPECT_NEAR(at.x, 3.5, 1e-9);
+    EXPECT_NEAR(at.y, 60.25, 1e-9);
+    // It moves on as the prompt says (left, at the quick speed), wrapping past the left border.
+    World fresh(parse_prompt("a green square moving left quickly on a navy background"), 5);
+    const double step = std::fmod(fresh.object_state(0, 0).x - fresh.object_state(0, 1).x + 64.0, 64.0);
+    EXPECT_GT(step, 1.0);
+    ObjectState next = w.object_state(0, 502);
+    EXPECT_NEAR(next.x, std::fmod(3.5 - 2 * step + 64.0, 64.0), 1e-9);
+    EXPECT_NEAR(next.y, 60.25, 1e-9);
+    // The evaluator finds the rendered object where it was placed.
+    FrameDetection d = detect_frame(w.render(500).data(), 64, 64);
+    ASSERT_FALSE(d.blobs.empty());
+    const double dx = std::fabs(d.blobs[0].cx - 3.5);
+    EXPECT_LT(std::min(dx, 64 - dx), 1.0);
+    EXPECT_NEAR(d.blobs[0].cy, 60.25, 1.0);
+    World b(parse_prompt("a red square bouncing left on a white background"), 3);
+    EXPECT_THROW(b.place(0, 0, 10, 10), std::runtime_error);
+}
+
 TEST(TinyworldWorld, ConfigurableFrameSize) {
     const SceneSpec s = parse_prompt("a blue circle moving down on a gray background");
     World w(s, 1, 96, 80);

@@ -50,6 +50,14 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
     const nlohmann::json ck = nlohmann::json::parse(slurp(path("state/dit.json")));
     EXPECT_EQ(ck["step"].get<int>(), 3);
     EXPECT_EQ(ck["dit_loss"].get<std::string>(), "l1");
+    // World-corrected rollout windows join the batches: made once from the folder's own rollouts, then cached.
+    const std::string corrected =
+        " --corrected-rollouts 2 --corrected-chunks 4 --corrected-every 1 --corrected-share 0.5";
+    ASSERT_EQ(tool(dit + " --resume --max-steps 4" + corrected, &log), 0) << log;
+    EXPECT_NE(log.find("6 world-corrected windows from 2 rollouts"), std::string::npos) << log;
+    EXPECT_EQ(nlohmann::json::parse(slurp(path("state/dit.json")))["step"].get<int>(), 4);
+    ASSERT_EQ(tool(dit + " --resume --max-steps 5" + corrected, &log), 0) << log;
+    EXPECT_NE(log.find("6 cached world-corrected windows"), std::string::npos) << log;
     for (const char* f :
          {"reel.json", "dit.safetensors", "vae.safetensors", "text_encoder.safetensors", "tokenizer.model"})
         EXPECT_TRUE(exists(path("model/") + f)) << f;
@@ -103,6 +111,8 @@ TEST_F(TrainTool, BadFlagsAreRefusedByName) {
     EXPECT_NE(log.find("--eval-context-noise"), std::string::npos) << log;
     EXPECT_NE(tool("--stage dit --dit-loss huber", &log), 0);
     EXPECT_NE(log.find("--dit-loss"), std::string::npos) << log;
+    EXPECT_NE(tool("--stage dit --corrected-share 0.95", &log), 0);
+    EXPECT_NE(log.find("--corrected-share"), std::string::npos) << log;
 }
 
 }  // namespace

@@ -132,6 +132,16 @@ ObjectState World::object_state(int object, int64_t frame_index) const {
     return st;
 }
 
+void World::place(int object, int64_t frame_index, double x, double y) {
+    const ObjectSpec& o = scene_.objects.at(object);
+    if (o.bounce) {
+        throw std::runtime_error("tinyworld: World::place needs a wrapping object, not a bouncing one");
+    }
+    const double travelled = o.speed * px_per_unit_ * static_cast<double>(frame_index);
+    start_u_[object] = positive_mod(x - motion_dx(o.motion) * travelled, width_) / width_;
+    start_v_[object] = positive_mod(y - motion_dy(o.motion) * travelled, height_) / height_;
+}
+
 void World::render(int64_t frame_index, uint8_t* rgb) const {
     const Rgb bg = background_rgb(scene_.background);
     for (int i = 0; i < width_ * height_; ++i) {

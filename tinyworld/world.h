@@ -30,6 +30,10 @@ class World {
     std::vector<std::vector<uint8_t>> render_frames(int64_t start, int count) const;
 
     ObjectState object_state(int object, int64_t frame_index) const;
+    // Moves the object's start so that at `frame_index` its centre is at (x, y) pixels: the world's own
+    // continuation of a state seen elsewhere (a generated video's object, say). Wrapping motion only; a bouncing
+    // object's place does not fix its heading, so that throws.
+    void place(int object, int64_t frame_index, double x, double y);
 
     const SceneSpec& scene() const { return scene_; }
     int width() const { return width_; }

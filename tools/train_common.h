@@ -235,8 +235,24 @@ class GraphKVCache : public KVCache {
     std::vector<std::map<int64_t, Entry>> data_;
 };
 
-// One world clip: frames [start, start + t) of (scene, seed) -> [3, T, H, W] float in [-1, 1], plus the object
+// One world clip: frames [start, start + t) of world w -> [3, T, H, W] float in [-1, 1], plus the object
 // mask [1, T, H, W] (pixels clearly off the background colour) used to up-weight object pixels in the loss.
+inline void render_world_clip(const World& w, int64_t start, int t, at::Tensor* video, at::Tensor* mask) {
+    const int size = w.width();
+    at::Tensor rgb = at::empty({t, size, size, 3}, at::kByte);
+    uint8_t* p = rgb.data_ptr<uint8_t>();
+    for (int i = 0; i < t; ++i)
+        w.render(start + i, p + int64_t(i) * size * size * 3);
+    at::Tensor f = rgb.to(at::kFloat).permute({3, 0, 1, 2}).contiguous();  // [3, T, H, W] in [0, 255]
+    if (mask) {
+        const Rgb bg = background_rgb(w.scene().background);
+        at::Tensor bgt = at::tensor({float(bg[0]), float(bg[1]), float(bg[2])}).view({3, 1, 1, 1});
+        *mask = ((f - bgt).abs().sum(0, true) > 40.0f).to(at::kFloat);  // [1, T, H, W]
+    }
+    *video = f.div(127.5f).sub(1.0f);
+}
+
+// The same from (scene, seed).
 inline void render_clip(const SceneSpec& scene,
                         uint64_t seed,
                         int64_t start,
@@ -244,18 +260,7 @@ inline void render_clip(const SceneSpec& scene,
                         at::Tensor* video,
                         at::Tensor* mask,
                         int size = kTinyworldSize) {
-    World w(scene, seed, size, size);
-    at::Tensor rgb = at::empty({t, size, size, 3}, at::kByte);
-    uint8_t* p = rgb.data_ptr<uint8_t>();
-    for (int i = 0; i < t; ++i)
-        w.render(start + i, p + int64_t(i) * size * size * 3);
-    at::Tensor f = rgb.to(at::kFloat).permute({3, 0, 1, 2}).contiguous();  // [3, T, H, W] in [0, 255]
-    if (mask) {
-        const Rgb bg = background_rgb(scene.background);
-        at::Tensor bgt = at::tensor({float(bg[0]), float(bg[1]), float(bg[2])}).view({3, 1, 1, 1});
-        *mask = ((f - bgt).abs().sum(0, true) > 40.0f).to(at::kFloat);  // [1, T, H, W]
-    }
-    *video = f.div(127.5f).sub(1.0f);
+    render_world_clip(World(scene, seed, size, size), start, t, video, mask);
 }
 
 // uint8 frames from a [3, T, H, W] tensor in [-1, 1].

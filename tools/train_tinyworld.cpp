@@ -89,10 +89,14 @@ struct Options {
     bool sink_windows = false;        // mid-clip DiT windows keep the clip's first chunk in front (as sinks)
     bool self_context_chain = false;  // --self-context estimates past the first chunk from the rollout's whole chain
     double self_context = 0.0;        // share of context chunks replaced by the DiT's own x0 estimate (exposure bias)
-    double sink_shift = 0.0;       // share of sink windows whose sinks get their own torus shift (a long video's gap)
-    double dit_obj_weight = 8.0;   // flow-matching loss weight of latent cells an object touches
-    std::string dit_loss = "mse";  // mse (x0 estimate: posterior mean) | l1 (per-cell posterior median)
-    int recommend_sink = 0;        // sink frames of the recommended window (reel.json)
+    double sink_shift = 0.0;        // share of sink windows whose sinks get their own torus shift (a long video's gap)
+    double dit_obj_weight = 8.0;    // flow-matching loss weight of latent cells an object touches
+    std::string dit_loss = "mse";   // mse (x0 estimate: posterior mean) | l1 (per-cell posterior median)
+    int corrected_rollouts = 0;     // rollouts of the init model that world-corrected windows come from (0: none)
+    int corrected_chunks = 40;      // chunks per such rollout
+    int corrected_every = 4;        // a window every N chunks of it, from chunk 3 on
+    double corrected_share = 0.25;  // share of each DiT batch that are world-corrected windows
+    int recommend_sink = 0;         // sink frames of the recommended window (reel.json)
     double recommend_guidance = 1.0;  // written to reel.json's `recommended` block: reel generate's default
     double text_drop = 0.0;    // share of training clips whose prompt is replaced by "" (classifier-free guidance)
     double dit_lr_final = -1;  // < 0: constant lr; else cosine from dit_lr at lr_decay_start to this at max_steps
@@ -990,6 +994,16 @@ struct LatentSet {
     std::vector<int64_t> prompt_of;  // clip -> index into prompts
 };
 
+// Pixel object mask [1, T, H, W] (T = 1 + 4 (F - 1)) -> latent cells [F, 1, h, w]: frame 0 alone, then groups of 4
+// (the VAE's causal temporal grouping), max over each stride x stride patch.
+at::Tensor latent_object_mask(const at::Tensor& m, int64_t stride) {
+    const int64_t t = m.size(1), f = 1 + (t - 1) / 4;
+    at::Tensor first = m.narrow(1, 0, 1);
+    at::Tensor rest = m.narrow(1, 1, t - 1).reshape({1, f - 1, 4, m.size(2), m.size(3)}).amax(2);
+    at::Tensor g = at::cat({first, rest}, 1);                                       // [1, F, H, W]
+    return at::max_pool2d(g, {stride, stride}).permute({1, 0, 2, 3}).contiguous();  // [F, 1, h, w]
+}
+
 // Latents of `clips_per_prompt` clips per training prompt, 1 + 4 (F - 1) frames each, encoded once by the
 // exported VAE (normalized with its statistics) and cached under the state folder.
 LatentSet build_latents(const Options& o, const std::vector<std::string>& prompts) {
@@ -1025,15 +1039,7 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
     std::vector<at::Tensor> all, objs;
     std::vector<at::Tensor> vs;
     std::vector<int64_t> pidx;
-    // Pixel mask [1, T, H, W] -> latent cells [F, 1, h, w]: frame 0 alone, then groups of 4 (the VAE's causal
-    // temporal grouping), max over each stride x stride patch.
-    const int64_t stride = vcfg.spatial_stride();
-    auto latent_mask = [&](const at::Tensor& m) {
-        at::Tensor first = m.narrow(1, 0, 1);
-        at::Tensor rest = m.narrow(1, 1, t - 1).reshape({1, f - 1, 4, m.size(2), m.size(3)}).amax(2);
-        at::Tensor g = at::cat({first, rest}, 1);                                       // [1, F, H, W]
-        return at::max_pool2d(g, {stride, stride}).permute({1, 0, 2, 3}).contiguous();  // [F, 1, h, w]
-    };
+    auto latent_mask = [&](const at::Tensor& m) { return latent_object_mask(m, vcfg.spatial_stride()); };
     const double t0 = now_s();
     // Clip i shows prompt i mod n (every prompt equally often, in a seeded shuffled order).
     std::vector<size_t> order(prompts.size());
@@ -1070,6 +1076,151 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
     save_safetensors(path, {{"latents", s.lat}, {"object", s.obj}, {"prompt", at::tensor(pidx)}});
     std::printf("dit: encoded %lld clips of %d frames in %.0f s; latent std %.3f\n", (long long)s.lat.size(0), t,
                 now_s() - t0, s.lat.std().item<double>());
+    return s;
+}
+
+// World-corrected rollout windows (--corrected-rollouts). A rollout's cache past its first chunks holds the
+// DiT's own output, drifted in colour, shape and place, and 12-frame training windows of rendered clips never show
+// it that. The world knows what should come next: the prompt's object, moving on from where the rollout's last
+// frame has it. So each window is what the recommended window cache holds before chunk k of a rollout (its first
+// chunk as the sinks, then chunks k-2 and k-1), and the target is the world's chunk k: the prompt's own colour,
+// shape and motion, placed at the object the evaluator detects in the rollout's last decoded frame. This is DAgger
+// with the world as the expert, and only the last chunk is trained (the rest is the DiT's own drift).
+struct CorrectedSet {
+    at::Tensor ctx;                  // [S, 3 (chunks - 1), C, h, w] normalized latents: chunk 0, chunks k-2, k-1
+    at::Tensor target;               // [S, 3, C, h, w] the world's chunk k, encoded by the VAE
+    at::Tensor obj;                  // [S, 3, 1, h, w] its object cells
+    std::vector<int64_t> prompt_of;  // sample -> index into prompts
+    int64_t size() const { return ctx.defined() ? ctx.size(0) : 0; }
+};
+
+CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string>& prompts) {
+    CorrectedSet s;
+    if (o.corrected_rollouts <= 0)
+        return s;
+    const std::string dir = o.dit_init.empty() ? o.out : o.dit_init;
+    const std::string path = o.state + "/cache/corrected.safetensors", meta = o.state + "/cache/corrected.json";
+    const json key = {{"model", dir},
+                      {"rollouts", o.corrected_rollouts},
+                      {"chunks", o.corrected_chunks},
+                      {"every", o.corrected_every},
+                      {"window_chunks", o.chunks},
+                      {"seed", o.seed}};
+    if (file_exists(path) && file_exists(meta) && read_json(meta) == key) {
+        TensorMap m = load_safetensors(path);
+        s.ctx = m.at("context").clone();
+        s.target = m.at("target").clone();
+        s.obj = m.at("object").clone();
+        at::Tensor p = m.at("prompt");
+        for (int64_t i = 0; i < p.size(0); ++i)
+            s.prompt_of.push_back(p[i].item<int64_t>());
+        std::printf("dit: %lld cached world-corrected windows from %s\n", (long long)s.size(), path.c_str());
+        return s;
+    }
+    torch::NoGradGuard ng;
+    const double t0 = now_s();
+    FolderModel fm(dir);
+    TensorMap vw = load_safetensors(dir + "/vae.safetensors");
+    WanVae vae(vw, fm.vcfg, c10::kCPU, at::kFloat);
+    TrainVae tvae(vw, fm.vcfg);
+    const at::Tensor vmean = vw.at("scale.mean").view({1, -1, 1, 1, 1}),
+                     vinv = vw.at("scale.inv_std").view({1, -1, 1, 1, 1});
+    auto encode = [&](const at::Tensor& v) {  // [N, 3, T, H, W] -> [N, F, C, h, w] normalized
+        return ((tvae.encode(v) - vmean) * vinv).permute({0, 2, 1, 3, 4}).contiguous();
+    };
+    const int64_t stride = fm.vcfg.spatial_stride();
+    const json rec = fm.man.value("recommended", json::object());
+    const CacheSpec spec = parse_cache_spec(rec.value("cache", std::string("full")), "none", "none", "");
+    const double guidance = rec.value("guidance", 1.0);
+    // The target is the last chunk of a short rendered clip whose frame 20 shows the object where the rollout left
+    // it: latents 6-8 (pixel frames 21-32) then have enough of the world's own past in the causal encoder's view.
+    // (Measured against the same chunk deep inside an 81-frame clip: rms 0.125 with 21 frames, 0.013 with 33, 0.002
+    // with 45, in units of the latents' std.)
+    const int clip_t = 33, tgt = (clip_t - 1) / 4 - 2, ref_frame = 4 * tgt - 4;
+    {
+        at::Tensor a, b;
+        World w(parse_prompt(prompts[0]), 1234);
+        render_world_clip(w, 60 - (clip_t - 21), clip_t, &a, nullptr);
+        render_world_clip(w, 0, 81, &b, nullptr);
+        at::Tensor ea = encode(a.unsqueeze(0)).narrow(1, tgt, 3), eb = encode(b.unsqueeze(0)).narrow(1, 18, 3);
+        std::printf("dit: corrected targets: encoded in a %d-frame clip against deep in a long one: rms %.4f\n", clip_t,
+                    (ea - eb).pow(2).mean().sqrt().item<double>());
+    }
+    std::vector<at::Tensor> ctxs, vids, masks, targets, objs;
+    std::vector<int64_t> pidx;
+    int detected = 0, attempted = 0, colour_ok = 0, shape_ok = 0;
+    auto flush = [&]() {
+        if (vids.empty())
+            return;
+        targets.push_back(encode(at::stack(vids)).narrow(1, tgt, 3));
+        for (const auto& m : masks)
+            objs.push_back(latent_object_mask(m, stride).narrow(0, tgt, 3));
+        vids.clear();
+        masks.clear();
+    };
+    // Windows from chunk `first` on, where the window cache has moved past the video's start: the sink chunk, then
+    // chunks - 2 recent ones before the chunk being made.
+    const int first = std::max(1, o.chunks - 1);
+    for (int r = 0; r < o.corrected_rollouts; ++r) {
+        std::mt19937_64 rng(mix_seed(o.seed, 12, uint64_t(r)));
+        const size_t p = size_t(rng() % prompts.size());
+        const SceneSpec sc = parse_prompt(prompts[p]);
+        if (sc.objects.size() != 1 || sc.objects[0].bounce)
+            continue;  // World::place covers one wrapping object
+        std::unique_ptr<KVCache> cache = make_cache(spec, int(fm.dcfg.num_layers));
+        CausalRollout roll(fm.dit, *cache, fm.rollout_config(rng(), guidance));
+        roll.set_context(fm.context(prompts[p], guidance));
+        WanVaeDecodeStream dec(vae);
+        std::vector<at::Tensor> lats;  // per chunk [3, C, h, w]
+        std::vector<std::vector<uint8_t>> frames;
+        for (int k = 0; k < o.corrected_chunks; ++k) {
+            if (k >= first && (k - first) % o.corrected_every == 0) {
+                ++attempted;
+                const FrameDetection d = detect_frame(frames[size_t(12 * k - 4)].data(), 64, 64);
+                // Where the object has vanished, the world brings it back at a place of its own.
+                World w(sc, rng());
+                if (!d.blobs.empty()) {
+                    ++detected;
+                    colour_ok += d.blobs[0].color == sc.objects[0].color;
+                    shape_ok += d.blobs[0].shape == sc.objects[0].shape;
+                    w.place(0, ref_frame, d.blobs[0].cx, d.blobs[0].cy);
+                }
+                at::Tensor v, m;
+                render_world_clip(w, 0, clip_t, &v, &m);
+                vids.push_back(v);
+                masks.push_back(m);
+                std::vector<at::Tensor> ctx{lats[0]};
+                for (int j = k - (o.chunks - 2); j < k; ++j)
+                    ctx.push_back(lats[size_t(j)]);
+                ctxs.push_back(at::cat(ctx));
+                pidx.push_back(int64_t(p));
+                if (vids.size() == 8)
+                    flush();
+            }
+            at::Tensor lat = roll.next_chunk();  // [1, 3, C, h, w]
+            lats.push_back(lat[0].clone());
+            for (auto& f : to_frames(dec.push(lat.permute({0, 2, 1, 3, 4}))[0]))
+                frames.push_back(std::move(f));
+        }
+        std::printf("dit: corrected rollout %d/%d: %zu windows (%.0f s)\n", r + 1, o.corrected_rollouts, pidx.size(),
+                    now_s() - t0);
+        std::fflush(stdout);
+    }
+    flush();
+    if (pidx.empty())
+        throw std::runtime_error("--corrected-rollouts: no window; --corrected-chunks must exceed --chunks - 1");
+    s.ctx = at::stack(ctxs);
+    s.target = at::cat(targets, 0);
+    s.obj = at::stack(objs);
+    s.prompt_of = pidx;
+    make_dirs(o.state + "/cache");
+    save_safetensors(path, {{"context", s.ctx}, {"target", s.target}, {"object", s.obj}, {"prompt", at::tensor(pidx)}});
+    write_text_atomic(meta, key.dump(2));
+    std::printf(
+        "dit: %lld world-corrected windows from %d rollouts of %s in %.0f s (object detected in %d of %d; "
+        "its colour right in %.2f, shape %.2f; where it had vanished the world brings it back)\n",
+        (long long)s.size(), o.corrected_rollouts, dir.c_str(), now_s() - t0, detected, attempted,
+        detected ? double(colour_ok) / detected : 0.0, detected ? double(shape_ok) / detected : 0.0);
     return s;
 }
 
@@ -1146,6 +1297,10 @@ void stage_dit(const Options& o, double minutes) {
     // The unconditional prompt of classifier-free guidance: the engine encodes "" the same way.
     const TokenBatch empty_tok = tok.tokenize("", o.text_len);
     LatentSet data = build_latents(o, prompts);
+    // A corrected window is the recommended window cache's view: a sink chunk, then recent chunks.
+    if (o.corrected_rollouts > 0 && o.chunks < 2)
+        throw std::runtime_error("--corrected-rollouts needs --chunks 2 or more (a sink chunk, then recent ones)");
+    const CorrectedSet corr = build_corrected_set(o, prompts);
 
     TensorMap dit = make_trainable(random_wan_dit_weights(dcfg, o.seed + 100));
     TensorMap text = make_trainable(umt5_init(tcfg, o.seed + 200));
@@ -1233,9 +1388,23 @@ void stage_dit(const Options& o, double minutes) {
         std::mt19937_64 rng(mix_seed(o.seed, 3, uint64_t(step)));
         at::Generator gen = make_gen(mix_seed(o.seed, 4, uint64_t(step)));
         const int64_t B = o.dit_batch;
-        std::vector<at::Tensor> xs, ws;
+        std::vector<at::Tensor> xs, ws, ms;
         std::vector<TokenBatch> bt;
-        for (int64_t b = 0; b < B; ++b) {
+        // The first rows of the batch are world-corrected windows: the rollout's own context, the world's target,
+        // trained on the last chunk only.
+        const int64_t n_corr = corr.size() > 0 ? std::llround(double(B) * o.corrected_share) : 0;
+        for (int64_t b = 0; b < n_corr; ++b) {
+            const int64_t c = int64_t(rng() % uint64_t(corr.size()));
+            const int64_t sh = int64_t(rng() % lat_h), sw = int64_t(rng() % lat_w);
+            xs.push_back(at::cat({corr.ctx[c], corr.target[c]}).roll({sh, sw}, {2, 3}));
+            ws.push_back(at::cat({at::zeros({win - kChunk, 1, int64_t(lat_h), int64_t(lat_w)}), corr.obj[c]})
+                             .roll({sh, sw}, {2, 3}));
+            ms.push_back(at::cat({at::zeros({win - kChunk}), at::ones({kChunk})}).view({win, 1, 1, 1}));
+            const bool drop = o.text_drop > 0 && double(rng() % 1000000) / 1e6 < o.text_drop;
+            bt.push_back(drop ? empty_tok : toks[size_t(corr.prompt_of[size_t(c)])]);
+        }
+        for (int64_t b = n_corr; b < B; ++b) {
+            ms.push_back(at::ones({win, 1, 1, 1}));
             int64_t c = int64_t(rng() % uint64_t(n_clips));
             // Half the windows start at the clip's first latent frame (the start of a video), half at a later
             // chunk boundary: a windowed cache past the first chunks shows the model a context that starts
@@ -1269,7 +1438,7 @@ void stage_dit(const Options& o, double minutes) {
         // Loss weights [B, F, 1, h, w]: objects cover a few of the 64 cells of a latent frame, so an unweighted
         // loss is won by the background. The weights follow the clip's own object, so where the object's place is
         // uncertain they also pull the optimum towards painting it (a weighted mean or median).
-        at::Tensor wt = 1.0 + (o.dit_obj_weight - 1.0) * at::stack(ws);
+        at::Tensor wt = (1.0 + (o.dit_obj_weight - 1.0) * at::stack(ws)) * at::stack(ms);
         UMT5Encoder enc(text, tcfg, c10::kCPU, at::kFloat);
         WanDit model(dcfg, dit, c10::kCPU, at::kFloat);
         model.set_context(encode_text(enc, bt, o.text_len));
@@ -1326,6 +1495,9 @@ void stage_dit(const Options& o, double minutes) {
                     std::vector<float> pick(static_cast<size_t>(B));
                     for (auto& p : pick)
                         p = u01(rng) < o.self_context ? 1.0f : 0.0f;
+                    // A corrected window's context is the rollout's own already.
+                    for (int64_t b = 0; b < n_corr; ++b)
+                        pick[size_t(b)] = 0.0f;
                     at::Tensor m = at::tensor(pick).view({B, 1, 1, 1, 1});
                     xc = m * own + (1 - m) * xk;
                 }
@@ -1844,6 +2016,21 @@ int main(int argc, char** argv) {
             return (std::atoi(v.c_str()) >= 0 && std::atoi(v.c_str()) % 3 == 0) ? "" : "must be a multiple of 3, >= 0";
         });
     app.add_option("--context-noise", o.context_noise, "timestep of the context (cache) pass in training");
+    app.add_option("--corrected-rollouts", o.corrected_rollouts,
+                   "DiT: rollouts of the init model (--dit-init, else --out) on training prompts whose windows, "
+                   "corrected by the world, join the batches: the recommended window cache's context before chunk k "
+                   "(the rollout's own latents) and, as the target, the prompt's object rendered on from where the "
+                   "rollout's last frame has it (made once, cached under --state; 0: off)")
+        ->check(CLI::Range(0, 100000));
+    app.add_option("--corrected-chunks", o.corrected_chunks, "chunks per --corrected-rollouts rollout")
+        ->check(CLI::Range(4, 100000))
+        ->capture_default_str();
+    app.add_option("--corrected-every", o.corrected_every, "a corrected window every N chunks of a rollout")
+        ->check(CLI::Range(1, 100000))
+        ->capture_default_str();
+    app.add_option("--corrected-share", o.corrected_share, "share of each DiT batch that are corrected windows")
+        ->check(CLI::Range(0.0, 0.9))
+        ->capture_default_str();
     app.add_flag("--self-context-chain", o.self_context_chain,
                  "--self-context estimates past a window's first chunk come from the rollout's whole few-step chain "
                  "from noise (given the context before them) instead of one pass from the last step's noise level");
