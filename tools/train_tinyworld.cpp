@@ -1004,6 +1004,21 @@ at::Tensor latent_object_mask(const at::Tensor& m, int64_t stride) {
     return at::max_pool2d(g, {stride, stride}).permute({1, 0, 2, 3}).contiguous();  // [F, 1, h, w]
 }
 
+// Video [N, 3, T, H, W] -> the DiT's normalized latents [N, F, C, h, w] (pipeline layout), with the exported
+// statistics. The training twin (whole clip, conv2d-folded) is several times faster than the engine's streaming encode
+// on CPU and computes the same mu.
+struct LatentEncoder {
+    TrainVae vae;
+    at::Tensor mean, inv_std;  // [1, C, 1, 1, 1]
+    LatentEncoder(const TensorMap& vw, const WanVaeConfig& cfg)
+        : vae(vw, cfg),
+          mean(vw.at("scale.mean").view({1, -1, 1, 1, 1})),
+          inv_std(vw.at("scale.inv_std").view({1, -1, 1, 1, 1})) {}
+    at::Tensor operator()(const at::Tensor& video) const {
+        return ((vae.encode(video) - mean) * inv_std).permute({0, 2, 1, 3, 4}).contiguous();
+    }
+};
+
 // Latents of `clips_per_prompt` clips per training prompt, 1 + 4 (F - 1) frames each, encoded once by the
 // exported VAE (normalized with its statistics) and cached under the state folder.
 LatentSet build_latents(const Options& o, const std::vector<std::string>& prompts) {
@@ -1029,17 +1044,11 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
         }
     }
     torch::NoGradGuard ng;
-    // The training twin (whole clip, conv2d-folded) is several times faster than the engine's streaming encode on
-    // CPU and computes the same mu; normalized here with the exported statistics.
-    TrainVae tvae(vw, vcfg);
-    const at::Tensor vmean = vw.at("scale.mean").view({1, -1, 1, 1, 1}),
-                     vinv = vw.at("scale.inv_std").view({1, -1, 1, 1, 1});
-    auto encode = [&](const at::Tensor& v) { return (tvae.encode(v) - vmean) * vinv; };
+    const LatentEncoder encode(vw, vcfg);
     const int t = int(1 + 4 * (f - 1));
     std::vector<at::Tensor> all, objs;
     std::vector<at::Tensor> vs;
     std::vector<int64_t> pidx;
-    auto latent_mask = [&](const at::Tensor& m) { return latent_object_mask(m, vcfg.spatial_stride()); };
     const double t0 = now_s();
     // Clip i shows prompt i mod n (every prompt equally often, in a seeded shuffled order).
     std::vector<size_t> order(prompts.size());
@@ -1055,10 +1064,10 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
             at::Tensor v, m;
             render_clip(sc, rng(), int64_t(rng() % 4096), t, &v, &m);
             vs.push_back(v);
-            objs.push_back(latent_mask(m));
+            objs.push_back(latent_object_mask(m, vcfg.spatial_stride()));
             pidx.push_back(int64_t(p));
             if (vs.size() == 8) {
-                all.push_back(encode(at::stack(vs)).permute({0, 2, 1, 3, 4}).contiguous());
+                all.push_back(encode(at::stack(vs)));
                 vs.clear();
             }
         }
@@ -1068,7 +1077,7 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
         std::fflush(stdout);
     }
     if (!vs.empty())
-        all.push_back(encode(at::stack(vs)).permute({0, 2, 1, 3, 4}).contiguous());
+        all.push_back(encode(at::stack(vs)));
     s.lat = at::cat(all, 0);
     s.obj = at::stack(objs);
     s.prompt_of = pidx;
@@ -1098,6 +1107,9 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
     CorrectedSet s;
     if (o.corrected_rollouts <= 0)
         return s;
+    // A corrected window is the recommended window cache's view: a sink chunk, then recent chunks.
+    if (o.chunks < 2)
+        throw std::runtime_error("--corrected-rollouts needs --chunks 2 or more (a sink chunk, then recent ones)");
     const std::string dir = o.dit_init.empty() ? o.out : o.dit_init;
     const std::string path = o.state + "/cache/corrected.safetensors", meta = o.state + "/cache/corrected.json";
     const json key = {{"model", dir},
@@ -1122,12 +1134,7 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
     FolderModel fm(dir);
     TensorMap vw = load_safetensors(dir + "/vae.safetensors");
     WanVae vae(vw, fm.vcfg, c10::kCPU, at::kFloat);
-    TrainVae tvae(vw, fm.vcfg);
-    const at::Tensor vmean = vw.at("scale.mean").view({1, -1, 1, 1, 1}),
-                     vinv = vw.at("scale.inv_std").view({1, -1, 1, 1, 1});
-    auto encode = [&](const at::Tensor& v) {  // [N, 3, T, H, W] -> [N, F, C, h, w] normalized
-        return ((tvae.encode(v) - vmean) * vinv).permute({0, 2, 1, 3, 4}).contiguous();
-    };
+    const LatentEncoder encode(vw, fm.vcfg);
     const int64_t stride = fm.vcfg.spatial_stride();
     const json rec = fm.man.value("recommended", json::object());
     const CacheSpec spec = parse_cache_spec(rec.value("cache", std::string("full")), "none", "none", "");
@@ -1171,12 +1178,12 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
         CausalRollout roll(fm.dit, *cache, fm.rollout_config(rng(), guidance));
         roll.set_context(fm.context(prompts[p], guidance));
         WanVaeDecodeStream dec(vae);
-        std::vector<at::Tensor> lats;  // per chunk [3, C, h, w]
-        std::vector<std::vector<uint8_t>> frames;
+        std::vector<at::Tensor> lats;     // per chunk [3, C, h, w]
+        std::vector<uint8_t> last_frame;  // the rollout's newest decoded frame: where the evaluator looks
         for (int k = 0; k < o.corrected_chunks; ++k) {
             if (k >= first && (k - first) % o.corrected_every == 0) {
                 ++attempted;
-                const FrameDetection d = detect_frame(frames[size_t(12 * k - 4)].data(), 64, 64);
+                const FrameDetection d = detect_frame(last_frame.data(), 64, 64);
                 // Where the object has vanished, the world brings it back at a place of its own.
                 World w(sc, rng());
                 if (!d.blobs.empty()) {
@@ -1199,8 +1206,7 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
             }
             at::Tensor lat = roll.next_chunk();  // [1, 3, C, h, w]
             lats.push_back(lat[0].clone());
-            for (auto& f : to_frames(dec.push(lat.permute({0, 2, 1, 3, 4}))[0]))
-                frames.push_back(std::move(f));
+            last_frame = std::move(to_frames(dec.push(lat.permute({0, 2, 1, 3, 4}))[0]).back());
         }
         std::printf("dit: corrected rollout %d/%d: %zu windows (%.0f s)\n", r + 1, o.corrected_rollouts, pidx.size(),
                     now_s() - t0);
@@ -1297,9 +1303,6 @@ void stage_dit(const Options& o, double minutes) {
     // The unconditional prompt of classifier-free guidance: the engine encodes "" the same way.
     const TokenBatch empty_tok = tok.tokenize("", o.text_len);
     LatentSet data = build_latents(o, prompts);
-    // A corrected window is the recommended window cache's view: a sink chunk, then recent chunks.
-    if (o.corrected_rollouts > 0 && o.chunks < 2)
-        throw std::runtime_error("--corrected-rollouts needs --chunks 2 or more (a sink chunk, then recent ones)");
     const CorrectedSet corr = build_corrected_set(o, prompts);
 
     TensorMap dit = make_trainable(random_wan_dit_weights(dcfg, o.seed + 100));
@@ -1375,6 +1378,11 @@ void stage_dit(const Options& o, double minutes) {
     const int64_t n_clips = data.lat.size(0);
     const int64_t win = int64_t(o.chunks) * kChunk, max_off = data.lat.size(1) - win;
     const uint64_t lat_h = uint64_t(data.lat.size(3)), lat_w = uint64_t(data.lat.size(4));
+    // The first n_corr rows of every batch are world-corrected windows, trained on their last chunk only.
+    const int64_t n_corr = corr.size() > 0 ? std::llround(double(o.dit_batch) * o.corrected_share) : 0;
+    const at::Tensor all_chunks = at::ones({win, 1, 1, 1}),
+                     last_chunk = at::cat({at::zeros({win - kChunk}), at::ones({kChunk})}).view({win, 1, 1, 1}),
+                     no_object = at::zeros({win - kChunk, 1, int64_t(lat_h), int64_t(lat_w)});
     const double t0 = now_s();
     double last_ck = t0, ema = -1;
     auto save = [&]() {
@@ -1390,21 +1398,18 @@ void stage_dit(const Options& o, double minutes) {
         const int64_t B = o.dit_batch;
         std::vector<at::Tensor> xs, ws, ms;
         std::vector<TokenBatch> bt;
-        // The first rows of the batch are world-corrected windows: the rollout's own context, the world's target,
-        // trained on the last chunk only.
-        const int64_t n_corr = corr.size() > 0 ? std::llround(double(B) * o.corrected_share) : 0;
+        // World-corrected windows: the rollout's own context, the world's target.
         for (int64_t b = 0; b < n_corr; ++b) {
             const int64_t c = int64_t(rng() % uint64_t(corr.size()));
             const int64_t sh = int64_t(rng() % lat_h), sw = int64_t(rng() % lat_w);
             xs.push_back(at::cat({corr.ctx[c], corr.target[c]}).roll({sh, sw}, {2, 3}));
-            ws.push_back(at::cat({at::zeros({win - kChunk, 1, int64_t(lat_h), int64_t(lat_w)}), corr.obj[c]})
-                             .roll({sh, sw}, {2, 3}));
-            ms.push_back(at::cat({at::zeros({win - kChunk}), at::ones({kChunk})}).view({win, 1, 1, 1}));
+            ws.push_back(at::cat({no_object, corr.obj[c]}).roll({sh, sw}, {2, 3}));
+            ms.push_back(last_chunk);
             const bool drop = o.text_drop > 0 && double(rng() % 1000000) / 1e6 < o.text_drop;
             bt.push_back(drop ? empty_tok : toks[size_t(corr.prompt_of[size_t(c)])]);
         }
         for (int64_t b = n_corr; b < B; ++b) {
-            ms.push_back(at::ones({win, 1, 1, 1}));
+            ms.push_back(all_chunks);
             int64_t c = int64_t(rng() % uint64_t(n_clips));
             // Half the windows start at the clip's first latent frame (the start of a video), half at a later
             // chunk boundary: a windowed cache past the first chunks shows the model a context that starts
