@@ -60,10 +60,11 @@ CausalRollout::CausalRollout(WanDit& dit, KVCache& cache, RolloutConfig cfg)
 }
 
 void CausalRollout::set_context(const at::Tensor& ctx) {
-    const int64_t rows = guided() ? 2 * cfg_.batch : cfg_.batch;
+    const int64_t rows = branches() * cfg_.batch;
     if (ctx.size(0) != rows)
         throw std::runtime_error("rollout: context has " + std::to_string(ctx.size(0)) + " rows, expected " +
-                                 std::to_string(rows) + (guided() ? " (conditional + unconditional)" : ""));
+                                 std::to_string(rows) + " (conditional" + (guided() ? " + unconditional" : "") +
+                                 (negative() ? " + negative" : "") + ")");
     dit_.set_context(ctx);
 }
 
@@ -94,13 +95,16 @@ at::Tensor CausalRollout::call(const at::Tensor& x, float t, int step, at::Tenso
     // x: [B, F, C, H, W] -> flow [B, F, C, H, W]; returns x0
     at::Tensor ts = at::full({cfg_.batch, cfg_.chunk_frames}, t, at::TensorOptions().dtype(at::kFloat));
     at::Tensor flow;
-    if (guided()) {
-        // One call on [x; x] keeps both branches' K/V in the same cache, row for row.
-        const int64_t B = cfg_.batch;
-        at::Tensor both = dit_.forward(at::cat({x, x}, 0), at::cat({ts, ts}, 0), chunks_done_ * cfg_.chunk_frames,
-                                       cache_);  // [2B, F, C, H, W]
-        at::Tensor cond = both.narrow(0, 0, B), uncond = both.narrow(0, B, B);
-        flow = uncond + (cond - uncond) * cfg_.guidance;
+    if (branches() > 1) {
+        // One call on [x; x(; x)] keeps every branch's K/V in the same cache, row for row.
+        const int64_t B = cfg_.batch, n = branches();
+        std::vector<at::Tensor> xs(size_t(n), x), tss(size_t(n), ts);
+        at::Tensor all = dit_.forward(at::cat(xs, 0), at::cat(tss, 0), chunks_done_ * cfg_.chunk_frames,
+                                      cache_);  // [nB, F, C, H, W]
+        at::Tensor cond = all.narrow(0, 0, B);
+        flow = guided() ? all.narrow(0, B, B) + (cond - all.narrow(0, B, B)) * cfg_.guidance : cond;
+        if (negative())
+            flow = flow + (cond - all.narrow(0, (n - 1) * B, B)) * cfg_.negative_guidance;
     } else {
         flow = dit_.forward(x, ts, chunks_done_ * cfg_.chunk_frames, cache_);
     }

@@ -40,6 +40,11 @@ struct RolloutConfig {
     // Classifier-free guidance: flow = uncond + guidance * (cond - uncond). At 1 the model runs once per step;
     // otherwise it runs on a doubled batch (conditional rows, then unconditional), and the context must hold 2B rows.
     double guidance = 1.0;
+    // Negative-prompt guidance on top: flow += negative_guidance * (cond - negative). When > 0 the model runs on a
+    // batch with one more set of B rows, the negative prompt's, after the others: the context holds cond, [uncond,]
+    // negative. Unlike a negative prompt in place of the empty one, it steers away from what the negative prompt
+    // says without giving up the guidance towards the prompt.
+    double negative_guidance = 0.0;
     int64_t latent_h = 60, latent_w = 104, channels = 16;  // 480x832 video
     uint64_t seed = 0;
 };
@@ -73,7 +78,7 @@ class CausalRollout {
     CausalRollout(WanDit& dit, KVCache& cache, RolloutConfig cfg);
 
     // ctx: [B, <= text_len, text_dim] text encoder output ([2B, ...] with guidance: conditional rows first, then the
-    // empty prompt's); its cross-attention K/V is computed once here.
+    // empty prompt's; then the negative prompt's with negative_guidance); its cross-attention K/V is computed once.
     void set_context(const at::Tensor& ctx);
     void set_noise_hook(NoiseHook hook) { noise_hook_ = std::move(hook); }
     void set_call_observer(CallObserver obs) { observer_ = std::move(obs); }
@@ -100,6 +105,8 @@ class CausalRollout {
     at::Tensor call(const at::Tensor& x, float t, int step, at::Tensor* flow_out = nullptr);
     void write_chunk(const at::Tensor& x0);  // the cache pass of a finished chunk, then advance
     bool guided() const { return cfg_.guidance != 1.0; }
+    bool negative() const { return cfg_.negative_guidance > 0.0; }
+    int64_t branches() const { return 1 + (guided() ? 1 : 0) + (negative() ? 1 : 0); }
 
     WanDit& dit_;
     KVCache& cache_;

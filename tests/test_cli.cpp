@@ -136,6 +136,32 @@ TEST_F(Cli, GuidanceChangesTheVideoAndIsRecorded) {
     EXPECT_FALSE(exists(path("bad.mp4")));
 }
 
+// A negative prompt replaces the empty prompt in --guidance (a different video), a swap list is applied to the prompt
+// (swap:red=blue on 'a red circle' is the same video as the negative prompt 'a blue circle'; the toy model reads 8
+// characters, so the swap is early in the prompt), and --negative-guidance gives it a third branch; all recorded.
+TEST_F(Cli, NegativePromptAndGuidanceChangeTheVideoAndAreRecorded) {
+    const std::string base = "generate -m " + kToy + " -p 'a red circle' -n 9 --seed 3 -q --guidance 2";
+    ASSERT_EQ(run(base + " --frames-dir " + path("n0")).rc, 0);
+    ASSERT_EQ(run(base + " --negative-prompt 'a blue circle' --frames-dir " + path("n1")).rc, 0);
+    ASSERT_EQ(run(base + " --negative-prompt swap:red=blue --frames-dir " + path("n2") + " -o " + path("n2.y4m")).rc,
+              0);
+    ASSERT_EQ(run(base + " --negative-prompt swap:red=blue --negative-guidance 1.5 --frames-dir " + path("n3") +
+                  " -o " + path("n3.y4m"))
+                  .rc,
+              0);
+    const std::string f = "/frame_000004.png";
+    // EXPECT_TRUE, not EXPECT_EQ: gtest would print the PNG bytes.
+    EXPECT_TRUE(slurp(path("n0") + f) != slurp(path("n1") + f));
+    EXPECT_TRUE(slurp(path("n1") + f) == slurp(path("n2") + f));
+    EXPECT_TRUE(slurp(path("n2") + f) != slurp(path("n3") + f));
+    EXPECT_TRUE(slurp(path("n0") + f) != slurp(path("n3") + f));
+    nlohmann::json r2 = nlohmann::json::parse(slurp(path("n2.y4m.json")));
+    nlohmann::json r3 = nlohmann::json::parse(slurp(path("n3.y4m.json")));
+    EXPECT_EQ(r2["settings"]["negative_prompt"].get<std::string>(), "swap:red=blue");
+    EXPECT_EQ(r2["settings"]["negative_guidance"].get<double>(), 0.0);
+    EXPECT_EQ(r3["settings"]["negative_guidance"].get<double>(), 1.5);
+}
+
 // --context-noise re-noises each finished chunk before the pass that writes its K/V: the first chunk is made before
 // any cache pass and stays the same, later chunks change. A model folder's reel.json can recommend it.
 TEST_F(Cli, ContextNoiseChangesLaterChunksAndComesFromTheModel) {
@@ -283,6 +309,8 @@ TEST_F(Cli, BadInputGivesOneClearErrorAndNoJunk) {
         {"generate -m " + kToy + " -p 'a' --kv-quant int3 -o " + out, "--kv-quant"},
         {"generate -m " + kToy + " -p 'a' --cache-budget 12X -o " + out, "--cache-budget"},
         {"generate -m " + kToy + " -p 'a' --cache-budget 1K -o " + out, "budget"},
+        {"generate -m " + kToy + " -p 'a' --negative-prompt swap:square -o " + out, "'square' is not a word swap"},
+        {"generate -m " + kToy + " -p 'a' --negative-guidance -2 -o " + out, "--negative-guidance"},
         {"inspect /nonexistent.safetensors", "/nonexistent.safetensors"},
         {"inspect " + std::string(REEL_TEST_DATA) + "/golden/pickle/malicious.pt", "system"},
         {"eval tinyworld " + std::string(REEL_TEST_DATA) +

@@ -23,6 +23,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,7 @@
 #include "diffusion/wan_config.h"
 #include "diffusion/wan_dit.h"
 #include "diffusion/wan_vae.h"
+#include "src/engine/negative_prompt.h"
 #include "src/engine/sys_stats.h"
 #include "tinyworld/evaluator.h"
 #include "tinyworld/prompt.h"
@@ -97,7 +99,9 @@ struct Options {
     int corrected_every = 4;        // a window every N chunks of it, from chunk 3 on
     double corrected_share = 0.25;  // share of each DiT batch that are world-corrected windows
     int recommend_sink = 0;         // sink frames of the recommended window (reel.json)
-    double recommend_guidance = 1.0;  // written to reel.json's `recommended` block: reel generate's default
+    double recommend_guidance = 1.0;         // written to reel.json's `recommended` block: reel generate's default
+    std::string recommend_negative;          // reel.json's negative_prompt (reel's --negative-prompt spec)
+    double recommend_negative_guidance = 0;  // reel.json's negative_guidance
     double text_drop = 0.0;    // share of training clips whose prompt is replaced by "" (classifier-free guidance)
     double dit_lr_final = -1;  // < 0: constant lr; else cosine from dit_lr at lr_decay_start to this at max_steps
     int64_t lr_decay_start = 0;
@@ -110,6 +114,12 @@ struct Options {
     std::string eval_cache = "window", eval_merge = "none";
     uint64_t eval_seed = 0;
     double eval_guidance = 1.0;  // classifier-free guidance scale of the eval rollouts (1: off)
+    // The eval guidance's negative prompt, as reel's --negative-prompt takes it: "" (the empty prompt, as trained),
+    // text, or swap:a=b,... (the prompt with words swapped).
+    std::string eval_negative;
+    // > 0: the negative prompt gets a branch of its own (RolloutConfig::negative_guidance) and the empty prompt keeps
+    // the guidance's; 0: it takes the empty prompt's place.
+    double eval_negative_guidance = 0.0;
     // The eval rollouts' cache-pass timestep; < 0: the training's --context-noise, else the model folder's.
     double eval_context_noise = -1;
     double recommend_context_noise = -1;  // reel.json's; < 0: the training's --context-noise
@@ -648,6 +658,9 @@ struct FolderModel {
     WanDitConfig dcfg;
     WanVaeConfig vcfg;
     double context_noise;  // reel.json's recommended cache-pass timestep: the DiT was trained for it
+    // reel.json's recommended guidance, negative prompt (spec) and negative guidance: how reel generate runs it.
+    double guidance, negative_guidance;
+    std::string negative;
     TensorMap dit_w, text_w;
     WanDit dit;
     UMT5Encoder enc;
@@ -658,6 +671,9 @@ struct FolderModel {
           dcfg(WanDitConfig::from_json(man["dit"]["config"])),
           vcfg(man["vae"]["config"].get<WanVaeConfig>()),
           context_noise(man.value("recommended", json::object()).value("context_noise", 0.0)),
+          guidance(man.value("recommended", json::object()).value("guidance", 1.0)),
+          negative_guidance(man.value("recommended", json::object()).value("negative_guidance", 0.0)),
+          negative(man.value("recommended", json::object()).value("negative_prompt", std::string())),
           dit_w(load_safetensors(dir + "/dit.safetensors")),
           text_w(load_safetensors(dir + "/text_encoder.safetensors")),
           dit(dcfg, dit_w, c10::kCPU, at::kFloat),
@@ -665,7 +681,7 @@ struct FolderModel {
           tok(Tokenizer::load(dir + "/tokenizer.model")) {}
 
     // tinyworld's 64x64 frames as latent frames (8x8 under Wan's 8x VAE) in chunks of kChunk.
-    RolloutConfig rollout_config(uint64_t seed, double guidance) const {
+    RolloutConfig rollout_config(uint64_t seed, double guidance, double negative_guidance = 0.0) const {
         RolloutConfig rc;
         rc.chunk_frames = kChunk;
         rc.latent_h = 64 / vcfg.spatial_stride();
@@ -673,16 +689,33 @@ struct FolderModel {
         rc.channels = dcfg.in_dim;
         rc.seed = seed;
         rc.guidance = guidance;
+        rc.negative_guidance = negative_guidance;
         rc.context_noise = context_noise;
         return rc;
     }
 
-    // The prompt's context rows, then the empty prompt's when guided (the engine's order: cond, uncond).
-    at::Tensor context(const std::string& prompt, double guidance) const {
+    // The prompt's context rows, then the negative prompt's (the empty prompt by default) when guided (the engine's
+    // order: cond, uncond).
+    // With negative_guidance > 0 the negative prompt's rows come last, after the empty prompt's.
+    // `negative_spec` as reel's --negative-prompt takes it.
+    at::Tensor context(const std::string& prompt,
+                       double guidance,
+                       const std::string& negative_spec = "",
+                       double negative_guidance = 0.0) const {
+        const std::string neg = negative_prompt_for(prompt, negative_spec);
         std::vector<TokenBatch> tb{tok.tokenize(prompt, int(dcfg.text_len))};
         if (guidance != 1.0)
-            tb.push_back(tok.tokenize("", int(dcfg.text_len)));
+            tb.push_back(tok.tokenize(negative_guidance > 0 ? "" : neg, int(dcfg.text_len)));
+        if (negative_guidance > 0)
+            tb.push_back(tok.tokenize(neg, int(dcfg.text_len)));
         return encode_text(enc, tb, dcfg.text_len);
+    }
+    // A rollout as reel generate runs this folder by default.
+    RolloutConfig recommended_rollout_config(uint64_t seed) const {
+        return rollout_config(seed, guidance, negative_guidance);
+    }
+    at::Tensor recommended_context(const std::string& prompt) const {
+        return context(prompt, guidance, negative, negative_guidance);
     }
 };
 
@@ -718,15 +751,14 @@ at::Tensor dit_sample_latents(const Options& o, const std::string& dir, int n, i
                      stdv = at::tensor(vc.std_).view({1, -1, 1, 1, 1});
     const json rec = fm.man.value("recommended", json::object());
     const CacheSpec spec = parse_cache_spec(rec.value("cache", std::string("full")), "none", "none", "");
-    const double guidance = rec.value("guidance", 1.0);
     const auto prompts = train_prompts();
     const std::vector<size_t> ids = dit_sample_prompts(o, n);
     std::vector<at::Tensor> all;
     for (int i = 0; i < n; ++i) {
         const std::string& prompt = prompts[ids[size_t(i)]];
         std::unique_ptr<KVCache> cache = make_cache(spec, int(fm.dcfg.num_layers));
-        CausalRollout roll(fm.dit, *cache, fm.rollout_config(7000000 + uint64_t(i), guidance));
-        roll.set_context(fm.context(prompt, guidance));
+        CausalRollout roll(fm.dit, *cache, fm.recommended_rollout_config(7000000 + uint64_t(i)));
+        roll.set_context(fm.recommended_context(prompt));
         std::vector<at::Tensor> chunks;
         for (int64_t f = 0; f < f_lat; f += kChunk)
             chunks.push_back(roll.next_chunk());                                           // [1, 3, C, 8, 8] normalized
@@ -1138,7 +1170,6 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
     const int64_t stride = fm.vcfg.spatial_stride();
     const json rec = fm.man.value("recommended", json::object());
     const CacheSpec spec = parse_cache_spec(rec.value("cache", std::string("full")), "none", "none", "");
-    const double guidance = rec.value("guidance", 1.0);
     // The target is the last chunk of a short rendered clip whose frame 20 shows the object where the rollout left
     // it: latents 6-8 (pixel frames 21-32) then have enough of the world's own past in the causal encoder's view.
     // (Measured against the same chunk deep inside an 81-frame clip: rms 0.125 with 21 frames, 0.013 with 33, 0.002
@@ -1175,8 +1206,8 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
         if (sc.objects.size() != 1 || sc.objects[0].bounce)
             continue;  // World::place covers one wrapping object
         std::unique_ptr<KVCache> cache = make_cache(spec, int(fm.dcfg.num_layers));
-        CausalRollout roll(fm.dit, *cache, fm.rollout_config(rng(), guidance));
-        roll.set_context(fm.context(prompts[p], guidance));
+        CausalRollout roll(fm.dit, *cache, fm.recommended_rollout_config(rng()));
+        roll.set_context(fm.recommended_context(prompts[p]));
         WanVaeDecodeStream dec(vae);
         std::vector<at::Tensor> lats;     // per chunk [3, C, h, w]
         std::vector<uint8_t> last_frame;  // the rollout's newest decoded frame: where the evaluator looks
@@ -1276,6 +1307,10 @@ void write_manifest(const Options& o) {
         man["recommended"]["sampler"] = o.recommend_sampler;
     if (o.recommend_guidance != 1.0)
         man["recommended"]["guidance"] = o.recommend_guidance;
+    if (!o.recommend_negative.empty())
+        man["recommended"]["negative_prompt"] = o.recommend_negative;
+    if (o.recommend_negative_guidance > 0)
+        man["recommended"]["negative_guidance"] = o.recommend_negative_guidance;
     // A DiT trained on noised context expects its cache pass at that timestep.
     const double cn = o.recommend_context_noise >= 0 ? o.recommend_context_noise : o.context_noise;
     if (cn > 0)
@@ -1583,8 +1618,9 @@ json stage_eval(const Options& o) {
         rc.steps = o.eval_steps;
         rc.sampler = parse_rollout_sampler(o.eval_sampler);
         rc.context_noise = eval_context_noise;
+        rc.negative_guidance = o.eval_negative_guidance;
         CausalRollout roll(fm.dit, *cache, rc);
-        roll.set_context(fm.context(prompts[i], o.eval_guidance));
+        roll.set_context(fm.context(prompts[i], o.eval_guidance, o.eval_negative, o.eval_negative_guidance));
         WanVaeDecodeStream dec(vae);
         at::Tensor given;  // [1, 3N, C, h, w]
         if (prefix > 0) {
@@ -1634,6 +1670,8 @@ json stage_eval(const Options& o) {
     j["cache"] = o.eval_cache;
     j["merge"] = o.eval_merge;
     j["guidance"] = o.eval_guidance;
+    j["negative"] = o.eval_negative;
+    j["negative_guidance"] = o.eval_negative_guidance;
     j["steps"] = o.eval_steps;
     j["sampler"] = o.eval_sampler;
     j["context_noise"] = eval_context_noise;
@@ -2008,6 +2046,20 @@ int main(int argc, char** argv) {
     app.add_option("--recommend-guidance", o.recommend_guidance,
                    "classifier-free guidance scale the export recommends in reel.json (reel generate's default; "
                    "needs a DiT trained with --text-drop)");
+    app.add_option("--recommend-negative-prompt", o.recommend_negative,
+                   "negative prompt the export recommends in reel.json, as reel's --negative-prompt takes it (e.g. "
+                   "swap:square=circle,triangle=circle,circle=square)")
+        ->check([](const std::string& v) {
+            try {
+                check_negative_prompt(v);
+            } catch (const std::exception& e) {
+                return std::string(e.what()).substr(sizeof "negative prompt: " - 1);  // CLI11 names the flag
+            }
+            return std::string();
+        });
+    app.add_option("--recommend-negative-guidance", o.recommend_negative_guidance,
+                   "negative guidance the export recommends in reel.json (reel's --negative-guidance)")
+        ->check(CLI::NonNegativeNumber);
     app.add_option("--dit-lr-final", o.dit_lr_final,
                    "cosine-decay the DiT lr to this between --lr-decay-start and --max-steps (default: constant)");
     app.add_option("--lr-decay-start", o.lr_decay_start, "step at which the DiT lr decay begins");
@@ -2080,6 +2132,21 @@ int main(int argc, char** argv) {
                    "cache-pass timestep the export recommends in reel.json; default: --context-noise")
         ->check(CLI::Range(0.0, 999.0));
     app.add_option("--eval-guidance", o.eval_guidance, "classifier-free guidance scale of the eval rollouts (1: off)");
+    app.add_option("--eval-negative", o.eval_negative,
+                   "the eval guidance's negative prompt, as reel's --negative-prompt: text, or swap:word=other,... "
+                   "(the prompt with those words swapped); default: the empty prompt")
+        ->check([](const std::string& v) {
+            try {
+                check_negative_prompt(v);
+            } catch (const std::exception& e) {
+                return std::string(e.what()).substr(sizeof "negative prompt: " - 1);  // CLI11 names the flag
+            }
+            return std::string();
+        });
+    app.add_option("--eval-negative-guidance", o.eval_negative_guidance,
+                   "> 0: the negative prompt gets a guidance branch of its own, flow += S * (cond - negative), and the "
+                   "empty prompt keeps --eval-guidance's; 0 (default): it replaces the empty prompt")
+        ->check(CLI::NonNegativeNumber);
     CLI11_PARSE(app, argc, argv);
 
     try {

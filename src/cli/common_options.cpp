@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "diffusion/sampler_names.h"
+#include "src/engine/negative_prompt.h"
 
 namespace reel {
 
@@ -65,6 +66,28 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
     sub->add_option("--guidance,--cfg", s.guidance,
                     "classifier-free guidance scale (1: off; the model's unconditional branch is the empty prompt, "
                     "and each step runs the DiT on a doubled batch); default: the model's recommended, else 1")
+        ->check(CLI::Range(0.0, 100.0));
+    sub->add_option_function<std::string>(
+           "--negative-prompt",
+           [&s](const std::string& v) {
+               s.negative_prompt = v;
+               s.negative_prompt_set = true;
+           },
+           "the guidance's negative prompt: text, or swap:word=other[,word=other...] for the prompt itself with "
+           "those words swapped (e.g. swap:square=circle: guidance then pushes on shape alone); default: the "
+           "model's recommended, else the empty prompt")
+        ->check([](const std::string& v) {
+            try {
+                check_negative_prompt(v);
+            } catch (const std::exception& e) {
+                return std::string(e.what()).substr(sizeof "negative prompt: " - 1);  // CLI11 names the flag
+            }
+            return std::string();
+        });
+    sub->add_option("--negative-guidance", s.negative_guidance,
+                    "scale of the negative prompt's own guidance branch, flow += S * (cond - negative), beside the "
+                    "empty prompt's (a third DiT branch per step); 0: the negative prompt replaces the empty one in "
+                    "--guidance; default: the model's recommended, else 0")
         ->check(CLI::Range(0.0, 100.0));
     sub->add_option("--context-noise", s.context_noise,
                     "timestep (0-999) at which each finished chunk is re-noised before the pass that writes its K/V "

@@ -21,6 +21,7 @@
 #include "diffusion/wan_vae.h"
 #include "src/engine/cuda_stats.h"
 #include "src/engine/interrupt.h"
+#include "src/engine/negative_prompt.h"
 #include "src/engine/sys_stats.h"
 #include "src/video/video_writer.h"
 #include "weights/checkpoint.h"
@@ -280,6 +281,11 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         s.cache = recommended.value("cache", "full");
     if (s.guidance < 0)
         s.guidance = recommended.value("guidance", 1.0);
+    if (!s.negative_prompt_set)
+        s.negative_prompt = recommended.value("negative_prompt", std::string());
+    check_negative_prompt(s.negative_prompt);
+    if (s.negative_guidance < 0)
+        s.negative_guidance = recommended.value("negative_guidance", 0.0);
     if (s.context_noise < 0)  // a model trained on noised context is run the way it was trained
         s.context_noise = recommended.value("context_noise", 0.0);
     if (s.context_noise >= 1000)
@@ -339,6 +345,7 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
     rc.channels = m.dit_cfg.in_dim;
     rc.seed = s.seed;
     rc.guidance = s.guidance;
+    rc.negative_guidance = s.negative_guidance;
     rc.context_noise = s.context_noise;
     const AnnAttentionSpec attn_spec = parse_attn_spec(s.attn);
     const AnnCrossSpec cross_spec = parse_cross_attn_spec(s.cross_attn);
@@ -429,8 +436,16 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
             at::NoGradGuard ng;
             const int text_len = static_cast<int>(m.text_len);
             at::Tensor ctx = encode_prompt(*m.text, m.tokenizer->tokenize(s.prompt, text_len), m.text_len);
-            if (rc.guidance != 1.0)  // the unconditional branch: the empty prompt the model was trained to drop to
-                ctx = at::cat({ctx, encode_prompt(*m.text, m.tokenizer->tokenize("", text_len), m.text_len)}, 0);
+            // The unconditional branch is the empty prompt the model was trained to drop to, unless a negative prompt
+            // takes its place; with negative guidance the negative prompt has a third branch of its own.
+            const std::string negative = negative_prompt_for(s.prompt, s.negative_prompt);
+            auto encode = [&](const std::string& text) {
+                return encode_prompt(*m.text, m.tokenizer->tokenize(text, text_len), m.text_len);
+            };
+            if (rc.guidance != 1.0)
+                ctx = at::cat({ctx, encode(rc.negative_guidance > 0 ? std::string() : negative)}, 0);
+            if (rc.negative_guidance > 0)
+                ctx = at::cat({ctx, encode(negative)}, 0);
             rollout.set_context(ctx.to(m.device, m.dtype));
         }
         t_text = now_seconds() - t0;
@@ -475,6 +490,8 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
                                {"sampler", s.sampler},
                                {"shift", s.shift},
                                {"guidance", s.guidance},
+                               {"negative_prompt", s.negative_prompt},
+                               {"negative_guidance", s.negative_guidance},
                                {"context_noise", s.context_noise},
                                {"warp", s.warp},
                                {"chunk", s.chunk},

@@ -36,6 +36,13 @@ struct GenerateSettings {
     std::string sampler;        // renoise | euler; "": the model's recommended (reel.json), else renoise
     double shift = 5.0;
     double guidance = -1;  // classifier-free guidance scale; < 0: the model's recommended (reel.json), else 1 (off)
+    // The guidance's negative prompt: text, or swap:a=b,... (the prompt with words swapped; negative_prompt.h). Unset:
+    // the model's recommended (reel.json), else the empty prompt.
+    std::string negative_prompt;
+    bool negative_prompt_set = false;
+    // > 0: the negative prompt gets a branch of its own, flow += S * (cond - negative), and the empty prompt keeps the
+    // guidance's; 0: the negative prompt takes the empty prompt's place; < 0: the model's recommended, else 0.
+    double negative_guidance = -1;
     double context_noise = -1;  // timestep of the cache pass; < 0: the model's recommended (reel.json), else 0
     bool warp = true;
     int chunk = 3;   // latent frames per chunk

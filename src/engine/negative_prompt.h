@@ -1,0 +1,17 @@
+// The negative prompt of classifier-free guidance, as `reel generate --negative-prompt` takes it. Plain text is used
+// as given; "swap:a=b,c=d" is the prompt itself with each whole word a replaced by b (a contrastive prompt: the
+// guidance then pushes only on what the swapped words name, e.g. a square away from a circle, and leaves colour and
+// motion to the ordinary guidance).
+#pragma once
+#include <string>
+
+namespace reel {
+
+// The negative prompt for `prompt` under `spec` ("" gives the empty prompt). Throws std::runtime_error naming the
+// problem for a malformed swap list.
+std::string negative_prompt_for(const std::string& prompt, const std::string& spec);
+
+// Throws like negative_prompt_for when `spec` is malformed (for checking a flag before a run starts).
+void check_negative_prompt(const std::string& spec);
+
+}  // namespace reel
