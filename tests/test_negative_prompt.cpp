@@ -37,4 +37,8 @@ TEST(NegativePrompt, MalformedSwapListsAreRefused) {
         EXPECT_NE(std::string(e.what()).find("'tri'"), std::string::npos) << e.what();
     }
     EXPECT_NO_THROW(check_negative_prompt("a plain negative prompt = fine"));
+    // The validator's form: empty when fine, else the problem without the "negative prompt: " prefix.
+    EXPECT_EQ(negative_prompt_problem("swap:square=circle"), "");
+    EXPECT_EQ(negative_prompt_problem("anything"), "");
+    EXPECT_EQ(negative_prompt_problem("swap:square=circle,square=x"), "'square' is swapped twice");
 }

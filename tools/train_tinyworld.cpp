@@ -2049,14 +2049,7 @@ int main(int argc, char** argv) {
     app.add_option("--recommend-negative-prompt", o.recommend_negative,
                    "negative prompt the export recommends in reel.json, as reel's --negative-prompt takes it (e.g. "
                    "swap:square=circle,triangle=circle,circle=square)")
-        ->check([](const std::string& v) {
-            try {
-                check_negative_prompt(v);
-            } catch (const std::exception& e) {
-                return std::string(e.what()).substr(sizeof "negative prompt: " - 1);  // CLI11 names the flag
-            }
-            return std::string();
-        });
+        ->check(negative_prompt_problem);
     app.add_option("--recommend-negative-guidance", o.recommend_negative_guidance,
                    "negative guidance the export recommends in reel.json (reel's --negative-guidance)")
         ->check(CLI::NonNegativeNumber);
@@ -2135,14 +2128,7 @@ int main(int argc, char** argv) {
     app.add_option("--eval-negative", o.eval_negative,
                    "the eval guidance's negative prompt, as reel's --negative-prompt: text, or swap:word=other,... "
                    "(the prompt with those words swapped); default: the empty prompt")
-        ->check([](const std::string& v) {
-            try {
-                check_negative_prompt(v);
-            } catch (const std::exception& e) {
-                return std::string(e.what()).substr(sizeof "negative prompt: " - 1);  // CLI11 names the flag
-            }
-            return std::string();
-        });
+        ->check(negative_prompt_problem);
     app.add_option("--eval-negative-guidance", o.eval_negative_guidance,
                    "> 0: the negative prompt gets a guidance branch of its own, flow += S * (cond - negative), and the "
                    "empty prompt keeps --eval-guidance's; 0 (default): it replaces the empty prompt")

@@ -76,14 +76,7 @@ void add_generation_options(CLI::App* sub, GenerateSettings& s, std::string& ste
            "the guidance's negative prompt: text, or swap:word=other[,word=other...] for the prompt itself with "
            "those words swapped (e.g. swap:square=circle: guidance then pushes on shape alone); default: the "
            "model's recommended, else the empty prompt")
-        ->check([](const std::string& v) {
-            try {
-                check_negative_prompt(v);
-            } catch (const std::exception& e) {
-                return std::string(e.what()).substr(sizeof "negative prompt: " - 1);  // CLI11 names the flag
-            }
-            return std::string();
-        });
+        ->check(negative_prompt_problem);
     sub->add_option("--negative-guidance", s.negative_guidance,
                     "scale of the negative prompt's own guidance branch, flow += S * (cond - negative), beside the "
                     "empty prompt's (a third DiT branch per step); 0: the negative prompt replaces the empty one in "

@@ -9,6 +9,7 @@ namespace reel {
 namespace {
 
 const char kSwap[] = "swap:";
+const char kPrefix[] = "negative prompt: ";
 
 std::string lower(std::string s) {
     for (char& c : s)
@@ -25,10 +26,10 @@ std::map<std::string, std::string> parse_swaps(const std::string& list) {
         const std::string item = list.substr(pos, end - pos);
         const size_t eq = item.find('=');
         if (eq == std::string::npos || eq == 0 || eq + 1 == item.size() || item.find(' ') != std::string::npos)
-            throw std::runtime_error("negative prompt: '" + item +
+            throw std::runtime_error(kPrefix + ("'" + item) +
                                      "' is not a word swap; expected swap:word=other[,word=other...]");
         if (!swaps.emplace(lower(item.substr(0, eq)), item.substr(eq + 1)).second)
-            throw std::runtime_error("negative prompt: '" + item.substr(0, eq) + "' is swapped twice");
+            throw std::runtime_error(kPrefix + ("'" + item.substr(0, eq)) + "' is swapped twice");
         pos = end + 1;
     }
     return swaps;
@@ -43,6 +44,15 @@ bool is_swap(const std::string& spec) {
 void check_negative_prompt(const std::string& spec) {
     if (is_swap(spec))
         parse_swaps(spec.substr(sizeof kSwap - 1));
+}
+
+std::string negative_prompt_problem(const std::string& spec) {
+    try {
+        check_negative_prompt(spec);
+    } catch (const std::runtime_error& e) {
+        return std::string(e.what()).substr(sizeof kPrefix - 1);
+    }
+    return "";
 }
 
 std::string negative_prompt_for(const std::string& prompt, const std::string& spec) {

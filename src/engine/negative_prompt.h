@@ -11,7 +11,11 @@ namespace reel {
 // problem for a malformed swap list.
 std::string negative_prompt_for(const std::string& prompt, const std::string& spec);
 
-// Throws like negative_prompt_for when `spec` is malformed (for checking a flag before a run starts).
+// Throws like negative_prompt_for when `spec` is malformed (for checking a setting before a run starts).
 void check_negative_prompt(const std::string& spec);
+
+// "" when `spec` is well-formed, else what is wrong with it, without a prefix: a command-line validator (CLI11's
+// ->check) names the flag itself.
+std::string negative_prompt_problem(const std::string& spec);
 
 }  // namespace reel
