@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "src/engine/negative_prompt.h"
 
@@ -22,6 +23,16 @@ TEST(NegativePrompt, SwapsWholeWordsAtOnce) {
     // Only whole words, punctuation kept, case ignored in the match.
     EXPECT_EQ(negative_prompt_for("Square squares, square.", spec), "circle squares, circle.");
     EXPECT_EQ(negative_prompt_for("a yellow star", spec), "a yellow star");
+}
+
+// The branches' texts in CausalRollout's row order: cond, [uncond], [negative].
+TEST(NegativePrompt, GuidancePromptsInRowOrder) {
+    const std::string p = "a red square", swap = "swap:square=circle";
+    EXPECT_EQ(guidance_prompts(p, 1.0, swap, 0.0), (std::vector<std::string>{p}));
+    EXPECT_EQ(guidance_prompts(p, 1.5, "", 0.0), (std::vector<std::string>{p, ""}));
+    EXPECT_EQ(guidance_prompts(p, 1.5, swap, 0.0), (std::vector<std::string>{p, "a red circle"}));
+    EXPECT_EQ(guidance_prompts(p, 1.5, swap, 1.0), (std::vector<std::string>{p, "", "a red circle"}));
+    EXPECT_EQ(guidance_prompts(p, 1.0, swap, 1.0), (std::vector<std::string>{p, "a red circle"}));
 }
 
 TEST(NegativePrompt, MalformedSwapListsAreRefused) {

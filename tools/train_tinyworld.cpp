@@ -23,7 +23,6 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -694,20 +693,15 @@ struct FolderModel {
         return rc;
     }
 
-    // The prompt's context rows, then the negative prompt's (the empty prompt by default) when guided (the engine's
-    // order: cond, uncond).
-    // With negative_guidance > 0 the negative prompt's rows come last, after the empty prompt's.
-    // `negative_spec` as reel's --negative-prompt takes it.
+    // Every guidance branch's context rows, in the engine's order (guidance_prompts); `negative_spec` as reel's
+    // --negative-prompt takes it.
     at::Tensor context(const std::string& prompt,
                        double guidance,
                        const std::string& negative_spec = "",
                        double negative_guidance = 0.0) const {
-        const std::string neg = negative_prompt_for(prompt, negative_spec);
-        std::vector<TokenBatch> tb{tok.tokenize(prompt, int(dcfg.text_len))};
-        if (guidance != 1.0)
-            tb.push_back(tok.tokenize(negative_guidance > 0 ? "" : neg, int(dcfg.text_len)));
-        if (negative_guidance > 0)
-            tb.push_back(tok.tokenize(neg, int(dcfg.text_len)));
+        std::vector<TokenBatch> tb;
+        for (const std::string& text : guidance_prompts(prompt, guidance, negative_spec, negative_guidance))
+            tb.push_back(tok.tokenize(text, int(dcfg.text_len)));
         return encode_text(enc, tb, dcfg.text_len);
     }
     // A rollout as reel generate runs this folder by default.

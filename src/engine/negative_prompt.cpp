@@ -78,4 +78,17 @@ std::string negative_prompt_for(const std::string& prompt, const std::string& sp
     return out;
 }
 
+std::vector<std::string> guidance_prompts(const std::string& prompt,
+                                          double guidance,
+                                          const std::string& negative_spec,
+                                          double negative_guidance) {
+    const std::string negative = negative_prompt_for(prompt, negative_spec);
+    std::vector<std::string> texts{prompt};
+    if (guidance != 1.0)
+        texts.push_back(negative_guidance > 0 ? std::string() : negative);
+    if (negative_guidance > 0)
+        texts.push_back(negative);
+    return texts;
+}
+
 }  // namespace reel

@@ -4,6 +4,7 @@
 // motion to the ordinary guidance).
 #pragma once
 #include <string>
+#include <vector>
 
 namespace reel {
 
@@ -17,5 +18,13 @@ void check_negative_prompt(const std::string& spec);
 // "" when `spec` is well-formed, else what is wrong with it, without a prefix: a command-line validator (CLI11's
 // ->check) names the flag itself.
 std::string negative_prompt_problem(const std::string& spec);
+
+// The text of each guidance branch, in CausalRollout's row order: the prompt; with guidance != 1 the unconditional
+// branch's (the empty prompt, or the negative prompt where it has no branch of its own); with negative_guidance > 0
+// the negative prompt's.
+std::vector<std::string> guidance_prompts(const std::string& prompt,
+                                          double guidance,
+                                          const std::string& negative_spec,
+                                          double negative_guidance);
 
 }  // namespace reel

@@ -435,18 +435,13 @@ RunResult Engine::generate(const GenerateSettings& s_in, Progress& progress, con
         {
             at::NoGradGuard ng;
             const int text_len = static_cast<int>(m.text_len);
-            at::Tensor ctx = encode_prompt(*m.text, m.tokenizer->tokenize(s.prompt, text_len), m.text_len);
             // The unconditional branch is the empty prompt the model was trained to drop to, unless a negative prompt
             // takes its place; with negative guidance the negative prompt has a third branch of its own.
-            const std::string negative = negative_prompt_for(s.prompt, s.negative_prompt);
-            auto encode = [&](const std::string& text) {
-                return encode_prompt(*m.text, m.tokenizer->tokenize(text, text_len), m.text_len);
-            };
-            if (rc.guidance != 1.0)
-                ctx = at::cat({ctx, encode(rc.negative_guidance > 0 ? std::string() : negative)}, 0);
-            if (rc.negative_guidance > 0)
-                ctx = at::cat({ctx, encode(negative)}, 0);
-            rollout.set_context(ctx.to(m.device, m.dtype));
+            std::vector<at::Tensor> rows;
+            for (const std::string& text :
+                 guidance_prompts(s.prompt, rc.guidance, s.negative_prompt, rc.negative_guidance))
+                rows.push_back(encode_prompt(*m.text, m.tokenizer->tokenize(text, text_len), m.text_len));
+            rollout.set_context(at::cat(rows, 0).to(m.device, m.dtype));
         }
         t_text = now_seconds() - t0;
 
