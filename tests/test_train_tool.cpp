@@ -58,6 +58,15 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
     EXPECT_EQ(nlohmann::json::parse(slurp(path("state/dit.json")))["step"].get<int>(), 4);
     ASSERT_EQ(tool(dit + " --resume --max-steps 5" + corrected, &log), 0) << log;
     EXPECT_NE(log.find("6 cached world-corrected windows"), std::string::npos) << log;
+    // The pixel loss decodes the x0 estimate of one chunk per step through the folder's frozen decoder.
+    ASSERT_EQ(tool(dit + " --resume --max-steps 6 --dit-pixel-weight 1 --dit-pixel-rows 1", &log), 0) << log;
+    EXPECT_NE(log.find("dit step 6 "), std::string::npos) << log;
+    EXPECT_NE(log.find("pixel loss ema"), std::string::npos) << log;
+    // With a shape-conditioned discriminator on crops of the decoded estimates, saved beside the checkpoint.
+    ASSERT_EQ(tool(dit + " --resume --max-steps 7 --dit-gan-weight 0.1 --dit-gan-warmup 0 --gan-frames 4", &log), 0)
+        << log;
+    EXPECT_NE(log.find("D(real)"), std::string::npos) << log;
+    EXPECT_TRUE(exists(path("state/dit_disc.safetensors")));
     for (const char* f :
          {"reel.json", "dit.safetensors", "vae.safetensors", "text_encoder.safetensors", "tokenizer.model"})
         EXPECT_TRUE(exists(path("model/") + f)) << f;
@@ -111,6 +120,8 @@ TEST_F(TrainTool, BadFlagsAreRefusedByName) {
     EXPECT_NE(log.find("--eval-context-noise"), std::string::npos) << log;
     EXPECT_NE(tool("--stage dit --dit-loss huber", &log), 0);
     EXPECT_NE(log.find("--dit-loss"), std::string::npos) << log;
+    EXPECT_NE(tool("--stage dit --dit-pixel-weight -1", &log), 0);
+    EXPECT_NE(log.find("--dit-pixel-weight"), std::string::npos) << log;
     EXPECT_NE(tool("--stage dit --corrected-share 0.95", &log), 0);
     EXPECT_NE(log.find("--corrected-share"), std::string::npos) << log;
 }

@@ -93,6 +93,10 @@ struct Options {
     double sink_shift = 0.0;        // share of sink windows whose sinks get their own torus shift (a long video's gap)
     double dit_obj_weight = 8.0;    // flow-matching loss weight of latent cells an object touches
     std::string dit_loss = "mse";   // mse (x0 estimate: posterior mean) | l1 (per-cell posterior median)
+    double dit_pixel_weight = 0.0;  // weight of a loss on the DiT's x0 estimate decoded to pixels (0: none)
+    int dit_pixel_rows = 4;         // batch rows that loss decodes per step (one chunk each)
+    double dit_gan_weight = 0.0;    // hinge GAN loss on those decoded x0 estimates (object crops, shape-conditioned)
+    int dit_gan_warmup = 100;       // discriminator-only steps before its loss reaches the DiT
     int corrected_rollouts = 0;     // rollouts of the init model that world-corrected windows come from (0: none)
     int corrected_chunks = 40;      // chunks per such rollout
     int corrected_every = 4;        // a window every N chunks of it, from chunk 3 on
@@ -496,14 +500,15 @@ LatentClassLoss latent_class_loss(const at::Tensor& mu, const VaeBatch& b, const
 // (object_crops), 4 x 4 patch logits each.
 struct FrameDisc {
     torch::nn::Sequential net;
-    explicit FrameDisc(uint64_t seed) {
+    // in_channels past 3 are condition maps (the DiT's discriminator: the prompted shape, one-hot).
+    explicit FrameDisc(uint64_t seed, int64_t in_channels = 3) {
         torch::manual_seed(int64_t(seed));
         auto conv = [](int64_t in, int64_t out, int64_t k, int64_t stride) {
             return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(1));
         };
         auto act = []() { return torch::nn::LeakyReLU(torch::nn::LeakyReLUOptions().negative_slope(0.2)); };
-        net = torch::nn::Sequential(conv(3, 32, 4, 2), act(), conv(32, 64, 4, 2), act(), conv(64, 64, 4, 2), act(),
-                                    conv(64, 1, 3, 1));
+        net = torch::nn::Sequential(conv(in_channels, 32, 4, 2), act(), conv(32, 64, 4, 2), act(), conv(64, 64, 4, 2),
+                                    act(), conv(64, 1, 3, 1));
     }
     // x: [N, 3, h, w] in [-1, 1] -> [N, 1, h / 8, w / 8] logits
     at::Tensor operator()(const at::Tensor& x) { return net->forward(x); }
@@ -1333,6 +1338,34 @@ void stage_dit(const Options& o, double minutes) {
     const TokenBatch empty_tok = tok.tokenize("", o.text_len);
     LatentSet data = build_latents(o, prompts);
     const CorrectedSet corr = build_corrected_set(o, prompts);
+    // --dit-pixel-weight: the model folder's VAE, frozen (its tensors do not require grad), decodes x0 estimates.
+    std::unique_ptr<TensorMap> pix_w;
+    std::unique_ptr<LatentEncoder> pix_vae;
+    if (o.dit_pixel_weight > 0 || o.dit_gan_weight > 0) {
+        pix_w = std::make_unique<TensorMap>(load_safetensors(o.out + "/vae.safetensors"));
+        pix_vae = std::make_unique<LatentEncoder>(*pix_w, detect_wan_vae_config(*pix_w));
+    }
+
+    // --dit-gan-weight: a discriminator on 32 x 32 crops around the object, told the prompted shape (one-hot maps),
+    // so that a rounded square is a fake even though it would pass for a circle.
+    std::unique_ptr<FrameDisc> disc;
+    std::unique_ptr<torch::optim::Adam> disc_opt;
+    int64_t disc_steps = 0;
+    std::vector<int64_t> prompt_shape;  // prompt -> shape index, -1 with more than one object
+    for (const auto& p : prompts) {
+        const SceneSpec sc = parse_prompt(p);
+        prompt_shape.push_back(sc.objects.size() == 1 ? int64_t(sc.objects[0].shape) : -1);
+    }
+    const std::string disc_path = o.state + "/dit_disc.safetensors";
+    if (o.dit_gan_weight > 0) {
+        disc = std::make_unique<FrameDisc>(o.seed + 300, 3 + 3);
+        if (o.resume && file_exists(disc_path)) {
+            disc->load(load_safetensors(disc_path));
+            disc_steps = o.dit_gan_warmup;  // a saved discriminator has been warmed up
+        }
+        disc_opt = std::make_unique<torch::optim::Adam>(disc->net->parameters(),
+                                                        torch::optim::AdamOptions(2e-4).betas({0.5, 0.9}));
+    }
 
     TensorMap dit = make_trainable(random_wan_dit_weights(dcfg, o.seed + 100));
     TensorMap text = make_trainable(umt5_init(tcfg, o.seed + 200));
@@ -1395,6 +1428,7 @@ void stage_dit(const Options& o, double minutes) {
         trained_s = m.value("trained_s", 0.0);
         std::printf("dit: resumed at step %lld (%.1f min trained)\n", (long long)step, trained_s / 60);
     }
+    const int64_t start_step = step;
     std::printf("dit: %lld + text %lld parameters; %d chunks of %d latent frames, batch %d\n",
                 (long long)count_params(dit), (long long)count_params(text), o.chunks, kChunk, o.dit_batch);
 
@@ -1413,11 +1447,13 @@ void stage_dit(const Options& o, double minutes) {
                      last_chunk = at::cat({at::zeros({win - kChunk}), at::ones({kChunk})}).view({win, 1, 1, 1}),
                      no_object = at::zeros({win - kChunk, 1, int64_t(lat_h), int64_t(lat_w)});
     const double t0 = now_s();
-    double last_ck = t0, ema = -1;
+    double last_ck = t0, ema = -1, pix_ema = -1, ema_d_real = 0, ema_d_fake = 0;
     auto save = [&]() {
         json m = {{"step", step},           {"trained_s", trained_s},       {"seed", o.seed},     {"loss_ema", ema},
                   {"dit_loss", o.dit_loss}, {"dit_config", dcfg.to_json()}, {"text_config", tcfg}};
         ck.save(joint, opt, m);
+        if (disc)
+            save_safetensors(disc_path, disc->state(), {{"format", "pt"}});
         export_dit(o, dit, text, step);
     };
     while (now_s() - t0 < minutes * 60 && (o.max_steps <= 0 || step < o.max_steps)) {
@@ -1427,6 +1463,7 @@ void stage_dit(const Options& o, double minutes) {
         const int64_t B = o.dit_batch;
         std::vector<at::Tensor> xs, ws, ms;
         std::vector<TokenBatch> bt;
+        std::vector<int64_t> row_shape;  // the clip's shape index per row (-1: several objects)
         // World-corrected windows: the rollout's own context, the world's target.
         for (int64_t b = 0; b < n_corr; ++b) {
             const int64_t c = int64_t(rng() % uint64_t(corr.size()));
@@ -1436,6 +1473,7 @@ void stage_dit(const Options& o, double minutes) {
             ms.push_back(last_chunk);
             const bool drop = o.text_drop > 0 && double(rng() % 1000000) / 1e6 < o.text_drop;
             bt.push_back(drop ? empty_tok : toks[size_t(corr.prompt_of[size_t(c)])]);
+            row_shape.push_back(prompt_shape[size_t(corr.prompt_of[size_t(c)])]);
         }
         for (int64_t b = n_corr; b < B; ++b) {
             ms.push_back(all_chunks);
@@ -1467,18 +1505,21 @@ void stage_dit(const Options& o, double minutes) {
             ws.push_back(window(data.obj[c]).roll({sh, sw}, {2, 3}));
             const bool drop = o.text_drop > 0 && double(rng() % 1000000) / 1e6 < o.text_drop;
             bt.push_back(drop ? empty_tok : toks[size_t(data.prompt_of[size_t(c)])]);
+            row_shape.push_back(prompt_shape[size_t(data.prompt_of[size_t(c)])]);
         }
         at::Tensor x0 = at::stack(xs);  // [B, F, C, h, w]
         // Loss weights [B, F, 1, h, w]: objects cover a few of the 64 cells of a latent frame, so an unweighted
         // loss is won by the background. The weights follow the clip's own object, so where the object's place is
         // uncertain they also pull the optimum towards painting it (a weighted mean or median).
-        at::Tensor wt = (1.0 + (o.dit_obj_weight - 1.0) * at::stack(ws)) * at::stack(ms);
+        const at::Tensor obj_all = at::stack(ws);  // [B, F, 1, h, w]
+        at::Tensor wt = (1.0 + (o.dit_obj_weight - 1.0) * obj_all) * at::stack(ms);
         UMT5Encoder enc(text, tcfg, c10::kCPU, at::kFloat);
         WanDit model(dcfg, dit, c10::kCPU, at::kFloat);
         model.set_context(encode_text(enc, bt, o.text_len));
         GraphKVCache cache(int(dcfg.num_layers));
-        at::Tensor loss = at::zeros({}, at::kFloat);
+        at::Tensor loss = at::zeros({}, at::kFloat), pix_loss, gan_loss, crops_real, crops_fake;
         std::uniform_real_distribution<double> u01(0, 1);
+        const int pix_chunk = pix_vae ? int(rng() % uint64_t(o.chunks)) : -1;
         for (int k = 0; k < o.chunks; ++k) {
             at::Tensor xk = x0.narrow(1, k * kChunk, kChunk);  // [B, 3, C, h, w]
             std::vector<float> tv(static_cast<size_t>(B) + 0);
@@ -1496,6 +1537,51 @@ void stage_dit(const Options& o, double minutes) {
             at::Tensor err = flow - (noise - xk);
             err = o.dit_loss == "l1" ? err.abs() : err.pow(2);
             loss = loss + (err * wk).mean() / wk.mean();
+            if (k == pix_chunk) {
+                // The latent loss weighs every latent direction alike, the decoder does not: what makes a square's
+                // corners may be a small latent error and a large pixel one. The last rows are ordinary windows
+                // (every chunk trained); both sides decoded as a fresh 3-frame sequence.
+                const int64_t n = std::min<int64_t>(o.dit_pixel_rows, B - n_corr);
+                if (n > 0) {
+                    auto decode = [&](const at::Tensor& z) {  // z: [n, 3, C, h, w] normalized -> [n, 3, 9, 64, 64]
+                        return pix_vae->vae.decode(z.permute({0, 2, 1, 3, 4}) / pix_vae->inv_std + pix_vae->mean);
+                    };
+                    at::Tensor ref;
+                    {
+                        torch::NoGradGuard ng;
+                        ref = decode(xk.narrow(0, B - n, n)).clamp(-1, 1);
+                    }
+                    at::Tensor est = decode((xt - sigma * flow).narrow(0, B - n, n));
+                    // Object weights: the latent cells any of the chunk's frames has the object in, upsampled.
+                    const int64_t st = 64 / xk.size(3);
+                    at::Tensor pw = wk.narrow(0, B - n, n).amax(1).repeat_interleave(st, 2).repeat_interleave(st, 3);
+                    pw = pw.unsqueeze(2);  // [n, 1, 1, 64, 64]
+                    at::Tensor pe = est - ref;
+                    pe = o.dit_loss == "l1" ? pe.abs() : pe.pow(2);
+                    pix_loss = (pe * pw).mean() / pw.mean();
+                    if (disc) {
+                        // Pixel object masks [n, 1, 9, 64, 64] from the latent cells: pixel frame 0 is latent frame
+                        // 0, then 4 frames per latent frame.
+                        const at::Tensor fmap = at::tensor(std::vector<int64_t>{0, 1, 1, 1, 1, 2, 2, 2, 2});
+                        at::Tensor mp = obj_all.narrow(0, B - n, n).narrow(1, k * kChunk, kChunk).index_select(1, fmap);
+                        mp = mp.repeat_interleave(st, 3).repeat_interleave(st, 4).permute({0, 2, 1, 3, 4});
+                        const at::Tensor idx = random_frames(n * est.size(2), o.gan_frames, rng);
+                        std::vector<at::Tensor> conds;
+                        for (int64_t i = 0; i < idx.size(0); ++i) {
+                            const int64_t sh = row_shape[size_t(B - n + idx[i].item<int64_t>() / est.size(2))];
+                            at::Tensor c = at::zeros({3, 32, 32});
+                            if (sh >= 0)
+                                c[sh].fill_(1.0);
+                            conds.push_back(c);
+                        }
+                        const at::Tensor cond = at::stack(conds);  // [N, 3, 32, 32]
+                        crops_real = at::cat({object_crops(ref, mp, idx, 32), cond}, 1);
+                        crops_fake = at::cat({object_crops(est, mp, idx, 32), cond}, 1);
+                        if (disc_steps >= o.dit_gan_warmup)
+                            gan_loss = -(*disc)(crops_fake).mean();
+                    }
+                }
+            }
             if (k + 1 < o.chunks) {
                 // Context pass (what inference's cache pass writes): the clean chunk at t=0, or lightly noised.
                 at::Tensor xc = xk;
@@ -1545,19 +1631,48 @@ void stage_dit(const Options& o, double minutes) {
             }
         }
         loss = loss / double(o.chunks);
+        double pv = -1, gv = 0;
+        if (pix_loss.defined()) {
+            pv = pix_loss.item<double>();
+            loss = loss + o.dit_pixel_weight * pix_loss;
+        }
+        if (gan_loss.defined()) {
+            gv = gan_loss.item<double>();
+            loss = loss + o.dit_gan_weight * gan_loss;
+        }
         const double lr = dit_lr_at(o.dit_lr, o.dit_lr_final, o.lr_decay_start, o.max_steps, step);
         set_lr(opt, lr);
         opt.zero_grad();
         loss.backward();
         clip_grad(joint, 1.0);
         opt.step();
+        if (disc && crops_fake.defined()) {
+            // Hinge loss; the DiT's step above only read the discriminator, whose gradients are discarded here.
+            disc_opt->zero_grad();
+            at::Tensor d_real = (*disc)(crops_real), d_fake = (*disc)(crops_fake.detach());
+            (at::relu(1 - d_real).mean() + at::relu(1 + d_fake).mean()).backward();
+            disc_opt->step();
+            ++disc_steps;
+            ema_d_real = 0.95 * ema_d_real + 0.05 * d_real.mean().item<double>();
+            ema_d_fake = 0.95 * ema_d_fake + 0.05 * d_fake.mean().item<double>();
+        }
         ++step;
         trained_s += now_s() - ts;
-        const double lv = loss.item<double>();
+        // The flow-matching part alone, comparable with runs without the pixel and GAN losses.
+        const double lv = loss.item<double>() - (pv >= 0 ? o.dit_pixel_weight * pv : 0.0) - o.dit_gan_weight * gv;
         ema = ema < 0 ? lv : 0.98 * ema + 0.02 * lv;
-        if (step % 25 == 0 || step == 1)
-            std::printf("dit step %lld  loss %.4f  (ema %.4f)  lr %.2e  %.2f s/step\n", (long long)step, lv, ema, lr,
+        if (pv >= 0)
+            pix_ema = pix_ema < 0 ? pv : 0.98 * pix_ema + 0.02 * pv;
+        if (step % 25 == 0 || step == start_step + 1) {
+            std::printf("dit step %lld  loss %.4f  (ema %.4f)  lr %.2e  %.2f s/step", (long long)step, lv, ema, lr,
                         now_s() - ts);
+            if (pix_ema >= 0)
+                std::printf("  pixel loss ema %.4f", pix_ema);
+            if (disc)
+                std::printf("  D(real) %.2f D(fake) %.2f%s", ema_d_real, ema_d_fake,
+                            disc_steps < o.dit_gan_warmup ? " (warm-up)" : "");
+            std::printf("\n");
+        }
         std::fflush(stdout);
         if (now_s() - last_ck > o.ckpt_minutes * 60) {
             save();
@@ -2030,6 +2145,21 @@ int main(int argc, char** argv) {
                    "DiT flow-matching loss: mse (its x0 estimate is the posterior mean) | l1 (the per-cell median: "
                    "commits to object or background where the mean blurs)")
         ->check(CLI::IsMember({"mse", "l1"}));
+    app.add_option("--dit-pixel-weight", o.dit_pixel_weight,
+                   "weight of a second DiT loss: its x0 estimate of one chunk, decoded by the frozen VAE decoder, "
+                   "against the clean chunk decoded the same way (object pixels weigh --dit-obj-weight; 0: off)")
+        ->check(CLI::Range(0.0, 1e6));
+    app.add_option("--dit-pixel-rows", o.dit_pixel_rows,
+                   "batch rows --dit-pixel-weight and --dit-gan-weight decode per step")
+        ->check(CLI::Range(1, 1024));
+    app.add_option("--dit-gan-weight", o.dit_gan_weight,
+                   "weight of a hinge GAN loss on the decoded x0 estimates: a discriminator on crops around the "
+                   "object, given the prompted shape, against the clean chunk decoded (--gan-frames crops per step; 0: "
+                   "off)")
+        ->check(CLI::Range(0.0, 1e6));
+    app.add_option("--dit-gan-warmup", o.dit_gan_warmup,
+                   "discriminator-only steps before --dit-gan-weight reaches the DiT")
+        ->check(CLI::Range(0, 1000000));
     app.add_option("--text-drop", o.text_drop,
                    "share of training clips trained on the empty prompt, for classifier-free guidance (0.1 typical)")
         ->check(CLI::Range(0.0, 1.0));
