@@ -67,6 +67,13 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
         << log;
     EXPECT_NE(log.find("D(real)"), std::string::npos) << log;
     EXPECT_TRUE(exists(path("state/dit_disc.safetensors")));
+    // A frozen shape classifier judges the decoded estimates' crops: trained once, then loaded from the state.
+    ASSERT_EQ(tool(dit + " --resume --max-steps 8 --dit-shape-weight 0.1 --dit-shape-steps 2 --gan-frames 4", &log), 0)
+        << log;
+    EXPECT_NE(log.find("shape classifier trained 2 steps"), std::string::npos) << log;
+    EXPECT_NE(log.find("shape CE ema"), std::string::npos) << log;
+    ASSERT_EQ(tool(dit + " --resume --max-steps 9 --dit-shape-weight 0.1 --gan-frames 4", &log), 0) << log;
+    EXPECT_NE(log.find("shape classifier (cached)"), std::string::npos) << log;
     for (const char* f :
          {"reel.json", "dit.safetensors", "vae.safetensors", "text_encoder.safetensors", "tokenizer.model"})
         EXPECT_TRUE(exists(path("model/") + f)) << f;
@@ -120,6 +127,8 @@ TEST_F(TrainTool, BadFlagsAreRefusedByName) {
     EXPECT_NE(log.find("--eval-context-noise"), std::string::npos) << log;
     EXPECT_NE(tool("--stage dit --dit-loss huber", &log), 0);
     EXPECT_NE(log.find("--dit-loss"), std::string::npos) << log;
+    EXPECT_NE(tool("--stage dit --dit-shape-weight -1", &log), 0);
+    EXPECT_NE(log.find("--dit-shape-weight"), std::string::npos) << log;
     EXPECT_NE(tool("--stage dit --dit-pixel-weight -1", &log), 0);
     EXPECT_NE(log.find("--dit-pixel-weight"), std::string::npos) << log;
     EXPECT_NE(tool("--stage dit --corrected-share 0.95", &log), 0);

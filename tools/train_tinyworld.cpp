@@ -95,6 +95,8 @@ struct Options {
     std::string dit_loss = "mse";   // mse (x0 estimate: posterior mean) | l1 (per-cell posterior median)
     double dit_pixel_weight = 0.0;  // weight of a loss on the DiT's x0 estimate decoded to pixels (0: none)
     int dit_pixel_rows = 4;         // batch rows that loss decodes per step (one chunk each)
+    double dit_shape_weight = 0.0;  // cross-entropy of a frozen shape classifier on the decoded x0 estimates' crops
+    int dit_shape_steps = 400;      // steps that classifier trains (world renders and their VAE reconstructions)
     double dit_gan_weight = 0.0;    // hinge GAN loss on those decoded x0 estimates (object crops, shape-conditioned)
     int dit_gan_warmup = 100;       // discriminator-only steps before its loss reaches the DiT
     int corrected_rollouts = 0;     // rollouts of the init model that world-corrected windows come from (0: none)
@@ -293,7 +295,7 @@ struct VaeBatch {
     at::Tensor video, mask;  // [B, 3, T, H, W], [B, 1, T, H, W]
     // Per clip: the first object's colour and the background (Color / Background values), and whether the clip has
     // a single object (only those train the latent heads: a second object's colour would share the mask).
-    std::vector<int64_t> colour, background;
+    std::vector<int64_t> colour, background, shape;
     std::vector<bool> single;
 };
 
@@ -308,6 +310,7 @@ VaeBatch vae_batch(const std::vector<std::string>& prompts, int b, int t, std::m
         ms.push_back(m);
         out.colour.push_back(int64_t(s.objects[0].color));
         out.background.push_back(int64_t(s.background));
+        out.shape.push_back(int64_t(s.objects[0].shape));
         out.single.push_back(s.objects.size() == 1);
     }
     out.video = at::stack(vs);
@@ -501,14 +504,15 @@ LatentClassLoss latent_class_loss(const at::Tensor& mu, const VaeBatch& b, const
 struct FrameDisc {
     torch::nn::Sequential net;
     // in_channels past 3 are condition maps (the DiT's discriminator: the prompted shape, one-hot).
-    explicit FrameDisc(uint64_t seed, int64_t in_channels = 3) {
+    // out_channels past 1: a classifier (the DiT's shape judge: circle, square, triangle logits per patch).
+    explicit FrameDisc(uint64_t seed, int64_t in_channels = 3, int64_t out_channels = 1) {
         torch::manual_seed(int64_t(seed));
         auto conv = [](int64_t in, int64_t out, int64_t k, int64_t stride) {
             return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(1));
         };
         auto act = []() { return torch::nn::LeakyReLU(torch::nn::LeakyReLUOptions().negative_slope(0.2)); };
         net = torch::nn::Sequential(conv(in_channels, 32, 4, 2), act(), conv(32, 64, 4, 2), act(), conv(64, 64, 4, 2),
-                                    act(), conv(64, 1, 3, 1));
+                                    act(), conv(64, out_channels, 3, 1));
     }
     // x: [N, 3, h, w] in [-1, 1] -> [N, 1, h / 8, w / 8] logits
     at::Tensor operator()(const at::Tensor& x) { return net->forward(x); }
@@ -1326,6 +1330,69 @@ void export_dit(const Options& o, const TensorMap& dit, const TensorMap& text, i
     write_manifest(o);
 }
 
+// The shape judge of --dit-shape-weight: circle / square / triangle from a 32 x 32 crop around the object, trained
+// on world renders and on their VAE reconstructions (the decoder's own drawing of each shape), then frozen. Cached
+// under the state folder.
+std::unique_ptr<FrameDisc> train_shape_classifier(const Options& o,
+                                                  const std::vector<std::string>& prompts,
+                                                  const LatentEncoder& vae) {
+    auto cls = std::make_unique<FrameDisc>(o.seed + 400, 3, 3);
+    const std::string path = o.state + "/dit_shape_classifier.safetensors";
+    std::vector<std::string> single;
+    for (const auto& p : prompts)
+        if (parse_prompt(p).objects.size() == 1)
+            single.push_back(p);
+    // [N, 3, 32, 32] crops and labels: frames of rendered clips, and the same frames reconstructed.
+    auto batch = [&](std::mt19937_64& rng, at::Tensor* x, at::Tensor* y) {
+        torch::NoGradGuard ng;
+        const VaeBatch b = vae_batch(single, 4, 9, rng);
+        const at::Tensor rec = vae.vae.decode(vae.vae.encode(b.video)).clamp(-1, 1);
+        const at::Tensor idx = random_frames(4 * 9, 16, rng);
+        std::vector<int64_t> lab;
+        for (int64_t i = 0; i < idx.size(0); ++i)
+            lab.push_back(b.shape[size_t(idx[i].item<int64_t>() / 9)]);
+        *x = at::cat({object_crops(b.video, b.mask, idx, 32), object_crops(rec, b.mask, idx, 32)});
+        *y = at::cat({at::tensor(lab), at::tensor(lab)});
+    };
+    auto accuracy = [&](const char* when) {
+        torch::NoGradGuard ng;
+        std::mt19937_64 rng(mix_seed(o.seed, 14, 0));
+        double ok_r = 0, ok_d = 0, n = 0;
+        for (int i = 0; i < 8; ++i) {
+            at::Tensor x, y;
+            batch(rng, &x, &y);
+            const at::Tensor hit = ((*cls)(x).mean({2, 3}).argmax(1) == y).to(at::kFloat);
+            const int64_t h = hit.size(0) / 2;
+            ok_r += hit.narrow(0, 0, h).sum().item<double>();
+            ok_d += hit.narrow(0, h, h).sum().item<double>();
+            n += double(h);
+        }
+        std::printf("dit: shape classifier %s: accuracy %.3f on renders, %.3f on their reconstructions\n", when,
+                    ok_r / n, ok_d / n);
+    };
+    if (file_exists(path)) {
+        cls->load(load_safetensors(path));
+        accuracy("(cached)");
+    } else {
+        torch::optim::Adam opt(cls->net->parameters(), torch::optim::AdamOptions(1e-3));
+        const double t0 = now_s();
+        for (int step = 0; step < o.dit_shape_steps; ++step) {
+            std::mt19937_64 rng(mix_seed(o.seed, 13, uint64_t(step)));
+            at::Tensor x, y;
+            batch(rng, &x, &y);
+            opt.zero_grad();
+            at::cross_entropy_loss((*cls)(x).mean({2, 3}), y).backward();
+            opt.step();
+        }
+        std::printf("dit: shape classifier trained %d steps in %.0f s\n", o.dit_shape_steps, now_s() - t0);
+        save_safetensors(path, cls->state(), {{"format", "pt"}});
+        accuracy("(trained)");
+    }
+    for (auto& p : cls->net->parameters())
+        p.set_requires_grad(false);
+    return cls;
+}
+
 void stage_dit(const Options& o, double minutes) {
     const WanDitConfig dcfg = dit_config(o);
     Tokenizer tok = Tokenizer::load(o.out + "/tokenizer.model");
@@ -1341,7 +1408,7 @@ void stage_dit(const Options& o, double minutes) {
     // --dit-pixel-weight: the model folder's VAE, frozen (its tensors do not require grad), decodes x0 estimates.
     std::unique_ptr<TensorMap> pix_w;
     std::unique_ptr<LatentEncoder> pix_vae;
-    if (o.dit_pixel_weight > 0 || o.dit_gan_weight > 0) {
+    if (o.dit_pixel_weight > 0 || o.dit_gan_weight > 0 || o.dit_shape_weight > 0) {
         pix_w = std::make_unique<TensorMap>(load_safetensors(o.out + "/vae.safetensors"));
         pix_vae = std::make_unique<LatentEncoder>(*pix_w, detect_wan_vae_config(*pix_w));
     }
@@ -1366,6 +1433,10 @@ void stage_dit(const Options& o, double minutes) {
         disc_opt = std::make_unique<torch::optim::Adam>(disc->net->parameters(),
                                                         torch::optim::AdamOptions(2e-4).betas({0.5, 0.9}));
     }
+
+    std::unique_ptr<FrameDisc> shape_cls;
+    if (o.dit_shape_weight > 0)
+        shape_cls = train_shape_classifier(o, prompts, *pix_vae);
 
     TensorMap dit = make_trainable(random_wan_dit_weights(dcfg, o.seed + 100));
     TensorMap text = make_trainable(umt5_init(tcfg, o.seed + 200));
@@ -1447,7 +1518,7 @@ void stage_dit(const Options& o, double minutes) {
                      last_chunk = at::cat({at::zeros({win - kChunk}), at::ones({kChunk})}).view({win, 1, 1, 1}),
                      no_object = at::zeros({win - kChunk, 1, int64_t(lat_h), int64_t(lat_w)});
     const double t0 = now_s();
-    double last_ck = t0, ema = -1, pix_ema = -1, ema_d_real = 0, ema_d_fake = 0;
+    double last_ck = t0, ema = -1, pix_ema = -1, cls_ema = -1, ema_d_real = 0, ema_d_fake = 0;
     auto save = [&]() {
         json m = {{"step", step},           {"trained_s", trained_s},       {"seed", o.seed},     {"loss_ema", ema},
                   {"dit_loss", o.dit_loss}, {"dit_config", dcfg.to_json()}, {"text_config", tcfg}};
@@ -1473,7 +1544,7 @@ void stage_dit(const Options& o, double minutes) {
             ms.push_back(last_chunk);
             const bool drop = o.text_drop > 0 && double(rng() % 1000000) / 1e6 < o.text_drop;
             bt.push_back(drop ? empty_tok : toks[size_t(corr.prompt_of[size_t(c)])]);
-            row_shape.push_back(prompt_shape[size_t(corr.prompt_of[size_t(c)])]);
+            row_shape.push_back(drop ? -1 : prompt_shape[size_t(corr.prompt_of[size_t(c)])]);
         }
         for (int64_t b = n_corr; b < B; ++b) {
             ms.push_back(all_chunks);
@@ -1505,7 +1576,8 @@ void stage_dit(const Options& o, double minutes) {
             ws.push_back(window(data.obj[c]).roll({sh, sw}, {2, 3}));
             const bool drop = o.text_drop > 0 && double(rng() % 1000000) / 1e6 < o.text_drop;
             bt.push_back(drop ? empty_tok : toks[size_t(data.prompt_of[size_t(c)])]);
-            row_shape.push_back(prompt_shape[size_t(data.prompt_of[size_t(c)])]);
+            // Without its prompt a first chunk's shape is anyone's guess: those rows are not judged by shape.
+            row_shape.push_back(drop ? -1 : prompt_shape[size_t(data.prompt_of[size_t(c)])]);
         }
         at::Tensor x0 = at::stack(xs);  // [B, F, C, h, w]
         // Loss weights [B, F, 1, h, w]: objects cover a few of the 64 cells of a latent frame, so an unweighted
@@ -1517,7 +1589,7 @@ void stage_dit(const Options& o, double minutes) {
         WanDit model(dcfg, dit, c10::kCPU, at::kFloat);
         model.set_context(encode_text(enc, bt, o.text_len));
         GraphKVCache cache(int(dcfg.num_layers));
-        at::Tensor loss = at::zeros({}, at::kFloat), pix_loss, gan_loss, crops_real, crops_fake;
+        at::Tensor loss = at::zeros({}, at::kFloat), pix_loss, gan_loss, shape_loss, crops_real, crops_fake;
         std::uniform_real_distribution<double> u01(0, 1);
         const int pix_chunk = pix_vae ? int(rng() % uint64_t(o.chunks)) : -1;
         for (int k = 0; k < o.chunks; ++k) {
@@ -1559,7 +1631,7 @@ void stage_dit(const Options& o, double minutes) {
                     at::Tensor pe = est - ref;
                     pe = o.dit_loss == "l1" ? pe.abs() : pe.pow(2);
                     pix_loss = (pe * pw).mean() / pw.mean();
-                    if (disc) {
+                    if (disc || shape_cls) {
                         // Pixel object masks [n, 1, 9, 64, 64] from the latent cells: pixel frame 0 is latent frame
                         // 0, then 4 frames per latent frame.
                         const at::Tensor fmap = at::tensor(std::vector<int64_t>{0, 1, 1, 1, 1, 2, 2, 2, 2});
@@ -1575,10 +1647,27 @@ void stage_dit(const Options& o, double minutes) {
                             conds.push_back(c);
                         }
                         const at::Tensor cond = at::stack(conds);  // [N, 3, 32, 32]
-                        crops_real = at::cat({object_crops(ref, mp, idx, 32), cond}, 1);
-                        crops_fake = at::cat({object_crops(est, mp, idx, 32), cond}, 1);
-                        if (disc_steps >= o.dit_gan_warmup)
-                            gan_loss = -(*disc)(crops_fake).mean();
+                        const at::Tensor fake = object_crops(est, mp, idx, 32);
+                        if (disc) {
+                            crops_real = at::cat({object_crops(ref, mp, idx, 32), cond}, 1);
+                            crops_fake = at::cat({fake, cond}, 1);
+                            if (disc_steps >= o.dit_gan_warmup)
+                                gan_loss = -(*disc)(crops_fake).mean();
+                        }
+                        if (shape_cls) {
+                            std::vector<int64_t> keep, label;
+                            for (int64_t i = 0; i < idx.size(0); ++i) {
+                                const int64_t sh = row_shape[size_t(B - n + idx[i].item<int64_t>() / est.size(2))];
+                                if (sh >= 0) {
+                                    keep.push_back(i);
+                                    label.push_back(sh);
+                                }
+                            }
+                            if (!keep.empty())
+                                shape_loss = at::cross_entropy_loss(
+                                    (*shape_cls)(fake.index_select(0, at::tensor(keep))).mean({2, 3}),
+                                    at::tensor(label));
+                        }
                     }
                 }
             }
@@ -1640,6 +1729,11 @@ void stage_dit(const Options& o, double minutes) {
             gv = gan_loss.item<double>();
             loss = loss + o.dit_gan_weight * gan_loss;
         }
+        double cv = -1;
+        if (shape_loss.defined()) {
+            cv = shape_loss.item<double>();
+            loss = loss + o.dit_shape_weight * shape_loss;
+        }
         const double lr = dit_lr_at(o.dit_lr, o.dit_lr_final, o.lr_decay_start, o.max_steps, step);
         set_lr(opt, lr);
         opt.zero_grad();
@@ -1659,7 +1753,10 @@ void stage_dit(const Options& o, double minutes) {
         ++step;
         trained_s += now_s() - ts;
         // The flow-matching part alone, comparable with runs without the pixel and GAN losses.
-        const double lv = loss.item<double>() - (pv >= 0 ? o.dit_pixel_weight * pv : 0.0) - o.dit_gan_weight * gv;
+        const double lv = loss.item<double>() - (pv >= 0 ? o.dit_pixel_weight * pv : 0.0) - o.dit_gan_weight * gv -
+                          (cv >= 0 ? o.dit_shape_weight * cv : 0.0);
+        if (cv >= 0)
+            cls_ema = cls_ema < 0 ? cv : 0.98 * cls_ema + 0.02 * cv;
         ema = ema < 0 ? lv : 0.98 * ema + 0.02 * lv;
         if (pv >= 0)
             pix_ema = pix_ema < 0 ? pv : 0.98 * pix_ema + 0.02 * pv;
@@ -1668,6 +1765,8 @@ void stage_dit(const Options& o, double minutes) {
                         now_s() - ts);
             if (pix_ema >= 0)
                 std::printf("  pixel loss ema %.4f", pix_ema);
+            if (cls_ema >= 0)
+                std::printf("  shape CE ema %.3f", cls_ema);
             if (disc)
                 std::printf("  D(real) %.2f D(fake) %.2f%s", ema_d_real, ema_d_fake,
                             disc_steps < o.dit_gan_warmup ? " (warm-up)" : "");
@@ -2152,6 +2251,13 @@ int main(int argc, char** argv) {
     app.add_option("--dit-pixel-rows", o.dit_pixel_rows,
                    "batch rows --dit-pixel-weight and --dit-gan-weight decode per step")
         ->check(CLI::Range(1, 1024));
+    app.add_option("--dit-shape-weight", o.dit_shape_weight,
+                   "weight of a shape loss on the decoded x0 estimates: the cross-entropy of a frozen classifier "
+                   "(trained first on crops of world renders and their VAE reconstructions) against the prompted "
+                   "shape (0: off)")
+        ->check(CLI::Range(0.0, 1e6));
+    app.add_option("--dit-shape-steps", o.dit_shape_steps, "training steps of that classifier (cached in --state)")
+        ->check(CLI::Range(1, 1000000));
     app.add_option("--dit-gan-weight", o.dit_gan_weight,
                    "weight of a hinge GAN loss on the decoded x0 estimates: a discriminator on crops around the "
                    "object, given the prompted shape, against the clean chunk decoded (--gan-frames crops per step; 0: "
