@@ -59,7 +59,9 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
     ASSERT_EQ(tool(dit + " --resume --max-steps 5" + corrected, &log), 0) << log;
     EXPECT_NE(log.find("6 cached world-corrected windows"), std::string::npos) << log;
     // The pixel loss decodes the x0 estimate of one chunk per step through the folder's frozen decoder.
-    ASSERT_EQ(tool(dit + " --resume --max-steps 6 --dit-pixel-weight 1 --dit-pixel-rows 1", &log), 0) << log;
+    ASSERT_EQ(tool(dit + " --resume --max-steps 6 --dit-pixel-weight 1 --dit-pixel-rows 1 --dit-pixel-max-t 500", &log),
+              0)
+        << log;
     EXPECT_NE(log.find("dit step 6 "), std::string::npos) << log;
     EXPECT_NE(log.find("pixel loss ema"), std::string::npos) << log;
     // With a shape-conditioned discriminator on crops of the decoded estimates, saved beside the checkpoint.

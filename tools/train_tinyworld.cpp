@@ -95,6 +95,7 @@ struct Options {
     std::string dit_loss = "mse";   // mse (x0 estimate: posterior mean) | l1 (per-cell posterior median)
     double dit_pixel_weight = 0.0;  // weight of a loss on the DiT's x0 estimate decoded to pixels (0: none)
     int dit_pixel_rows = 4;         // batch rows that loss decodes per step (one chunk each)
+    double dit_pixel_max_t = 1000;  // those rows' timestep in the judged chunk is drawn at or below this
     double dit_shape_weight = 0.0;  // cross-entropy of a frozen shape classifier on the decoded x0 estimates' crops
     int dit_shape_steps = 400;      // steps that classifier trains (world renders and their VAE reconstructions)
     double dit_gan_weight = 0.0;    // hinge GAN loss on those decoded x0 estimates (object crops, shape-conditioned)
@@ -1597,6 +1598,15 @@ void stage_dit(const Options& o, double minutes) {
             std::vector<float> tv(static_cast<size_t>(B) + 0);
             for (auto& t : tv)
                 t = u01(rng) < o.warped_share ? warped[rng() % warped.size()] : table[rng() % table.size()];
+            if (k == pix_chunk && o.dit_pixel_max_t < 1000) {
+                // At high noise the estimate is a blur whatever the loss: judge the rows where a shape can show.
+                for (int64_t b = std::max(n_corr, B - o.dit_pixel_rows); b < B; ++b) {
+                    float t = table[rng() % table.size()];
+                    while (t > o.dit_pixel_max_t)
+                        t = table[rng() % table.size()];
+                    tv[size_t(b)] = t;
+                }
+            }
             at::Tensor t = at::tensor(tv).view({B, 1}).expand({B, kChunk}).contiguous();  // [B, 3]
             at::Tensor sigma = (t.select(1, 0) / 1000.0f).view({B, 1, 1, 1, 1});
             at::Tensor noise = at::randn(xk.sizes(), gen, xk.options());
@@ -2258,6 +2268,9 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0.0, 1e6));
     app.add_option("--dit-shape-steps", o.dit_shape_steps, "training steps of that classifier (cached in --state)")
         ->check(CLI::Range(1, 1000000));
+    app.add_option("--dit-pixel-max-t", o.dit_pixel_max_t,
+                   "the rows those losses judge draw the judged chunk's timestep at or below this (1000: any)")
+        ->check(CLI::Range(1.0, 1000.0));
     app.add_option("--dit-gan-weight", o.dit_gan_weight,
                    "weight of a hinge GAN loss on the decoded x0 estimates: a discriminator on crops around the "
                    "object, given the prompted shape, against the clean chunk decoded (--gan-frames crops per step; 0: "
