@@ -1053,6 +1053,9 @@ struct LatentEncoder {
     at::Tensor operator()(const at::Tensor& video) const {
         return ((vae.encode(video) - mean) * inv_std).permute({0, 2, 1, 3, 4}).contiguous();
     }
+    // The inverse: normalized latents [N, F, C, h, w] -> pixels [N, 3, 1 + 4 (F - 1), H, W], decoded as a fresh
+    // sequence; differentiable in z.
+    at::Tensor decode(const at::Tensor& z) const { return vae.decode(z.permute({0, 2, 1, 3, 4}) / inv_std + mean); }
 };
 
 // Latents of `clips_per_prompt` clips per training prompt, 1 + 4 (F - 1) frames each, encoded once by the
@@ -1625,15 +1628,12 @@ void stage_dit(const Options& o, double minutes) {
                 // (every chunk trained); both sides decoded as a fresh 3-frame sequence.
                 const int64_t n = std::min<int64_t>(o.dit_pixel_rows, B - n_corr);
                 if (n > 0) {
-                    auto decode = [&](const at::Tensor& z) {  // z: [n, 3, C, h, w] normalized -> [n, 3, 9, 64, 64]
-                        return pix_vae->vae.decode(z.permute({0, 2, 1, 3, 4}) / pix_vae->inv_std + pix_vae->mean);
-                    };
-                    at::Tensor ref;
+                    at::Tensor ref;  // [n, 3, 9, 64, 64]
                     {
                         torch::NoGradGuard ng;
-                        ref = decode(xk.narrow(0, B - n, n)).clamp(-1, 1);
+                        ref = pix_vae->decode(xk.narrow(0, B - n, n)).clamp(-1, 1);
                     }
-                    at::Tensor est = decode((xt - sigma * flow).narrow(0, B - n, n));
+                    at::Tensor est = pix_vae->decode((xt - sigma * flow).narrow(0, B - n, n));
                     // Object weights: the latent cells any of the chunk's frames has the object in, upsampled.
                     const int64_t st = 64 / xk.size(3);
                     at::Tensor pw = wk.narrow(0, B - n, n).amax(1).repeat_interleave(st, 2).repeat_interleave(st, 3);
@@ -1648,17 +1648,15 @@ void stage_dit(const Options& o, double minutes) {
                         at::Tensor mp = obj_all.narrow(0, B - n, n).narrow(1, k * kChunk, kChunk).index_select(1, fmap);
                         mp = mp.repeat_interleave(st, 3).repeat_interleave(st, 4).permute({0, 2, 1, 3, 4});
                         const at::Tensor idx = random_frames(n * est.size(2), o.gan_frames, rng);
-                        std::vector<at::Tensor> conds;
-                        for (int64_t i = 0; i < idx.size(0); ++i) {
-                            const int64_t sh = row_shape[size_t(B - n + idx[i].item<int64_t>() / est.size(2))];
-                            at::Tensor c = at::zeros({3, 32, 32});
-                            if (sh >= 0)
-                                c[sh].fill_(1.0);
-                            conds.push_back(c);
-                        }
-                        const at::Tensor cond = at::stack(conds);  // [N, 3, 32, 32]
+                        std::vector<int64_t> crop_shape;  // per crop, its row's shape (-1: not judged by shape)
+                        for (int64_t i = 0; i < idx.size(0); ++i)
+                            crop_shape.push_back(row_shape[size_t(B - n + idx[i].item<int64_t>() / est.size(2))]);
                         const at::Tensor fake = object_crops(est, mp, idx, 32);
                         if (disc) {
+                            at::Tensor cond = at::zeros({idx.size(0), 3, 32, 32});  // the prompted shape, one-hot
+                            for (size_t i = 0; i < crop_shape.size(); ++i)
+                                if (crop_shape[i] >= 0)
+                                    cond[int64_t(i)][crop_shape[i]].fill_(1.0);
                             crops_real = at::cat({object_crops(ref, mp, idx, 32), cond}, 1);
                             crops_fake = at::cat({fake, cond}, 1);
                             if (disc_steps >= o.dit_gan_warmup)
@@ -1666,13 +1664,11 @@ void stage_dit(const Options& o, double minutes) {
                         }
                         if (shape_cls) {
                             std::vector<int64_t> keep, label;
-                            for (int64_t i = 0; i < idx.size(0); ++i) {
-                                const int64_t sh = row_shape[size_t(B - n + idx[i].item<int64_t>() / est.size(2))];
-                                if (sh >= 0) {
-                                    keep.push_back(i);
-                                    label.push_back(sh);
+                            for (size_t i = 0; i < crop_shape.size(); ++i)
+                                if (crop_shape[i] >= 0) {
+                                    keep.push_back(int64_t(i));
+                                    label.push_back(crop_shape[i]);
                                 }
-                            }
                             if (!keep.empty())
                                 shape_loss = at::cross_entropy_loss(
                                     (*shape_cls)(fake.index_select(0, at::tensor(keep))).mean({2, 3}),
@@ -1730,16 +1726,15 @@ void stage_dit(const Options& o, double minutes) {
             }
         }
         loss = loss / double(o.chunks);
-        double pv = -1, gv = 0;
+        // The flow-matching part alone, comparable with runs without the pixel-side losses.
+        const double lv = loss.item<double>();
+        double pv = -1, cv = -1;
         if (pix_loss.defined()) {
             pv = pix_loss.item<double>();
             loss = loss + o.dit_pixel_weight * pix_loss;
         }
-        if (gan_loss.defined()) {
-            gv = gan_loss.item<double>();
+        if (gan_loss.defined())
             loss = loss + o.dit_gan_weight * gan_loss;
-        }
-        double cv = -1;
         if (shape_loss.defined()) {
             cv = shape_loss.item<double>();
             loss = loss + o.dit_shape_weight * shape_loss;
@@ -1762,9 +1757,6 @@ void stage_dit(const Options& o, double minutes) {
         }
         ++step;
         trained_s += now_s() - ts;
-        // The flow-matching part alone, comparable with runs without the pixel and GAN losses.
-        const double lv = loss.item<double>() - (pv >= 0 ? o.dit_pixel_weight * pv : 0.0) - o.dit_gan_weight * gv -
-                          (cv >= 0 ? o.dit_shape_weight * cv : 0.0);
         if (cv >= 0)
             cls_ema = cls_ema < 0 ? cv : 0.98 * cls_ema + 0.02 * cv;
         ema = ema < 0 ? lv : 0.98 * ema + 0.02 * lv;
