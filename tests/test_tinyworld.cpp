@@ -441,6 +441,26 @@ TEST(TinyworldWorld, PlaceSetsWhereTheObjectIsAndItMovesOnFromThere) {
     EXPECT_THROW(b.place(0, 0, 10, 10), std::runtime_error);
 }
 
+TEST(TinyworldWorld, WithSceneKeepsPlacesAndChangesWhatIsDrawn) {
+    World w(parse_prompt("a green square moving left on a navy background"), 5);
+    w.place(0, 40, 20.0, 30.0);
+    const World c = w.with_scene(parse_prompt("a green circle moving left on a navy background"));
+    for (int64_t f : {0, 40, 77}) {
+        EXPECT_NEAR(c.object_state(0, f).x, w.object_state(0, f).x, 1e-9);
+        EXPECT_NEAR(c.object_state(0, f).y, w.object_state(0, f).y, 1e-9);
+    }
+    FrameDetection ds = detect_frame(w.render(40).data(), 64, 64), dc = detect_frame(c.render(40).data(), 64, 64);
+    ASSERT_EQ(ds.blobs.size(), 1u);
+    ASSERT_EQ(dc.blobs.size(), 1u);
+    EXPECT_EQ(ds.blobs[0].shape, Shape::Square);
+    EXPECT_EQ(dc.blobs[0].shape, Shape::Circle);
+    EXPECT_NEAR(dc.blobs[0].cx, ds.blobs[0].cx, 0.5);
+    EXPECT_NEAR(dc.blobs[0].cy, ds.blobs[0].cy, 0.5);
+    EXPECT_THROW(w.with_scene(parse_prompt("a red circle moving left and a blue square standing still on a gray "
+                                           "background")),
+                 std::runtime_error);
+}
+
 TEST(TinyworldWorld, ConfigurableFrameSize) {
     const SceneSpec s = parse_prompt("a blue circle moving down on a gray background");
     World w(s, 1, 96, 80);

@@ -42,6 +42,10 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
     std::string log;
     ASSERT_EQ(tool("--stage tokenizer", &log), 0) << log;
     ASSERT_EQ(tool("--stage vae --max-steps 2 --vae-batch 1 --vae-frames 9", &log), 0) << log;
+    // The pixels another shape would change weigh more in the decoder's loss.
+    ASSERT_EQ(tool("--stage vae --resume --max-steps 3 --vae-batch 1 --vae-frames 9 --contrast-weight 8", &log), 0)
+        << log;
+    EXPECT_NE(log.find("\"step\":3"), std::string::npos) << log;
     const std::string dit = "--stage dit --context-noise 100 --self-context 0.5 --self-context-chain";
     ASSERT_EQ(tool(dit + " --max-steps 2", &log), 0) << log;
     EXPECT_EQ(nlohmann::json::parse(slurp(path("state/dit.json")))["step"].get<int>(), 2);
@@ -76,6 +80,10 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
     EXPECT_NE(log.find("shape CE ema"), std::string::npos) << log;
     ASSERT_EQ(tool(dit + " --resume --max-steps 9 --dit-shape-weight 0.1 --gan-frames 4", &log), 0) << log;
     EXPECT_NE(log.find("shape classifier (cached)"), std::string::npos) << log;
+    // Latent cells where another shape would differ weigh more, in clips and in corrected windows alike.
+    ASSERT_EQ(tool(dit + " --resume --max-steps 10 --dit-contrast-weight 16" + corrected, &log), 0) << log;
+    EXPECT_NE(log.find("shape-contrast weight 16.0"), std::string::npos) << log;
+    EXPECT_NE(log.find("dit step 10 "), std::string::npos) << log;
     for (const char* f :
          {"reel.json", "dit.safetensors", "vae.safetensors", "text_encoder.safetensors", "tokenizer.model"})
         EXPECT_TRUE(exists(path("model/") + f)) << f;
@@ -133,6 +141,10 @@ TEST_F(TrainTool, BadFlagsAreRefusedByName) {
     EXPECT_NE(log.find("--dit-shape-weight"), std::string::npos) << log;
     EXPECT_NE(tool("--stage dit --dit-pixel-weight -1", &log), 0);
     EXPECT_NE(log.find("--dit-pixel-weight"), std::string::npos) << log;
+    EXPECT_NE(tool("--stage dit --dit-contrast-weight -1", &log), 0);
+    EXPECT_NE(log.find("--dit-contrast-weight"), std::string::npos) << log;
+    EXPECT_NE(tool("--stage vae --contrast-weight -2", &log), 0);
+    EXPECT_NE(log.find("--contrast-weight"), std::string::npos) << log;
     EXPECT_NE(tool("--stage dit --corrected-share 0.95", &log), 0);
     EXPECT_NE(log.find("--corrected-share"), std::string::npos) << log;
 }

@@ -142,6 +142,16 @@ void World::place(int object, int64_t frame_index, double x, double y) {
     start_v_[object] = positive_mod(y - motion_dy(o.motion) * travelled, height_) / height_;
 }
 
+World World::with_scene(const SceneSpec& scene) const {
+    if (scene.objects.size() != scene_.objects.size()) {
+        throw std::runtime_error("tinyworld: World::with_scene needs " + std::to_string(scene_.objects.size()) +
+                                 " objects, got " + std::to_string(scene.objects.size()));
+    }
+    World w = *this;
+    w.scene_ = scene;
+    return w;
+}
+
 void World::render(int64_t frame_index, uint8_t* rgb) const {
     const Rgb bg = background_rgb(scene_.background);
     for (int i = 0; i < width_ * height_; ++i) {

@@ -34,6 +34,9 @@ class World {
     // continuation of a state seen elsewhere (a generated video's object, say). Wrapping motion only; a bouncing
     // object's place does not fix its heading, so that throws.
     void place(int object, int64_t frame_index, double x, double y);
+    // The same world (start positions, placements) drawing another scene with as many objects: the clip with its
+    // shapes or colours changed and everything else kept, a counterfactual the training tool contrasts with.
+    World with_scene(const SceneSpec& scene) const;
 
     const SceneSpec& scene() const { return scene_; }
     int width() const { return width_; }

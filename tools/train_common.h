@@ -252,6 +252,23 @@ inline void render_world_clip(const World& w, int64_t start, int t, at::Tensor* 
     *video = f.div(127.5f).sub(1.0f);
 }
 
+// Where the clip's pixels would change if every object had another shape in the same place: a square's corners, a
+// circle's flanks, a triangle's apex and base. [1, T, H, W] in {0, 1}, against `mask` (render_world_clip's of the same
+// clip). What tells one shape from the others is this thin part of the object, and a loss spread over all of the
+// object's pixels hardly sees it (--contrast-weight, --dit-contrast-weight).
+inline at::Tensor shape_contrast_mask(const World& w, int64_t start, int t, const at::Tensor& mask) {
+    at::Tensor out = at::zeros_like(mask);
+    for (int alt = 1; alt < kNumShapes; ++alt) {
+        SceneSpec s = w.scene();
+        for (auto& ob : s.objects)
+            ob.shape = Shape((int(ob.shape) + alt) % kNumShapes);
+        at::Tensor v, m;
+        render_world_clip(w.with_scene(s), start, t, &v, &m);
+        out = at::maximum(out, (m - mask).abs());
+    }
+    return out;
+}
+
 // The same from (scene, seed).
 inline void render_clip(const SceneSpec& scene,
                         uint64_t seed,
@@ -261,6 +278,20 @@ inline void render_clip(const SceneSpec& scene,
                         at::Tensor* mask,
                         int size = kTinyworldSize) {
     render_world_clip(World(scene, seed, size, size), start, t, video, mask);
+}
+
+// render_clip, and the clip's shape_contrast_mask into `contrast` when that is not null.
+inline void render_clip_contrast(const SceneSpec& scene,
+                                 uint64_t seed,
+                                 int64_t start,
+                                 int t,
+                                 at::Tensor* video,
+                                 at::Tensor* mask,
+                                 at::Tensor* contrast) {
+    const World w(scene, seed);
+    render_world_clip(w, start, t, video, mask);
+    if (contrast)
+        *contrast = shape_contrast_mask(w, start, t, *mask);
 }
 
 // uint8 frames from a [3, T, H, W] tensor in [-1, 1].

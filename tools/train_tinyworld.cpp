@@ -71,9 +71,10 @@ struct Options {
     int distill_frames = 0;  // latent frames per rollout (0: a training clip's); longer ones are decoded in windows
     double distill_weight = 1.0;
     double vae_lr = 5e-4, obj_weight = 16, edge_weight = 1.0, latent_noise = 0.05;
-    int obj_ring = 0;          // pixels around the object that weigh --obj-weight too (the object's mask, dilated)
-    double color_weight = 0;   // VAE: L1 on the object's mean colour per frame
-    double prompt_weight = 0;  // VAE: L1 of decoded DiT rollouts against their prompt's two colours
+    int obj_ring = 0;            // pixels around the object that weigh --obj-weight too (the object's mask, dilated)
+    double contrast_weight = 0;  // VAE: extra L1 weight of the pixels another shape would change (shape_contrast_mask)
+    double color_weight = 0;     // VAE: L1 on the object's mean colour per frame
+    double prompt_weight = 0;    // VAE: L1 of decoded DiT rollouts against their prompt's two colours
     double latent_class_weight = 0;  // VAE (joint): cross-entropy of linear colour/background heads on the latents
     double gan_weight = 0;           // VAE: hinge GAN loss of a frame patch discriminator
     int gan_frames = 16;             // VAE: frames per step the discriminator judges (of each source)
@@ -90,21 +91,22 @@ struct Options {
     bool sink_windows = false;        // mid-clip DiT windows keep the clip's first chunk in front (as sinks)
     bool self_context_chain = false;  // --self-context estimates past the first chunk from the rollout's whole chain
     double self_context = 0.0;        // share of context chunks replaced by the DiT's own x0 estimate (exposure bias)
-    double sink_shift = 0.0;        // share of sink windows whose sinks get their own torus shift (a long video's gap)
-    double dit_obj_weight = 8.0;    // flow-matching loss weight of latent cells an object touches
-    std::string dit_loss = "mse";   // mse (x0 estimate: posterior mean) | l1 (per-cell posterior median)
-    double dit_pixel_weight = 0.0;  // weight of a loss on the DiT's x0 estimate decoded to pixels (0: none)
-    int dit_pixel_rows = 4;         // batch rows that loss decodes per step (one chunk each)
-    double dit_pixel_max_t = 1000;  // those rows' timestep in the judged chunk is drawn at or below this
-    double dit_shape_weight = 0.0;  // cross-entropy of a frozen shape classifier on the decoded x0 estimates' crops
-    int dit_shape_steps = 400;      // steps that classifier trains (world renders and their VAE reconstructions)
-    double dit_gan_weight = 0.0;    // hinge GAN loss on those decoded x0 estimates (object crops, shape-conditioned)
-    int dit_gan_warmup = 100;       // discriminator-only steps before its loss reaches the DiT
-    int corrected_rollouts = 0;     // rollouts of the init model that world-corrected windows come from (0: none)
-    int corrected_chunks = 40;      // chunks per such rollout
-    int corrected_every = 4;        // a window every N chunks of it, from chunk 3 on
-    double corrected_share = 0.25;  // share of each DiT batch that are world-corrected windows
-    int recommend_sink = 0;         // sink frames of the recommended window (reel.json)
+    double sink_shift = 0.0;         // share of sink windows whose sinks get their own torus shift (a long video's gap)
+    double dit_obj_weight = 8.0;     // flow-matching loss weight of latent cells an object touches
+    double dit_contrast_weight = 0;  // extra weight of a latent cell fully covered by shape_contrast_mask pixels
+    std::string dit_loss = "mse";    // mse (x0 estimate: posterior mean) | l1 (per-cell posterior median)
+    double dit_pixel_weight = 0.0;   // weight of a loss on the DiT's x0 estimate decoded to pixels (0: none)
+    int dit_pixel_rows = 4;          // batch rows that loss decodes per step (one chunk each)
+    double dit_pixel_max_t = 1000;   // those rows' timestep in the judged chunk is drawn at or below this
+    double dit_shape_weight = 0.0;   // cross-entropy of a frozen shape classifier on the decoded x0 estimates' crops
+    int dit_shape_steps = 400;       // steps that classifier trains (world renders and their VAE reconstructions)
+    double dit_gan_weight = 0.0;     // hinge GAN loss on those decoded x0 estimates (object crops, shape-conditioned)
+    int dit_gan_warmup = 100;        // discriminator-only steps before its loss reaches the DiT
+    int corrected_rollouts = 0;      // rollouts of the init model that world-corrected windows come from (0: none)
+    int corrected_chunks = 40;       // chunks per such rollout
+    int corrected_every = 4;         // a window every N chunks of it, from chunk 3 on
+    double corrected_share = 0.25;   // share of each DiT batch that are world-corrected windows
+    int recommend_sink = 0;          // sink frames of the recommended window (reel.json)
     double recommend_guidance = 1.0;         // written to reel.json's `recommended` block: reel generate's default
     std::string recommend_negative;          // reel.json's negative_prompt (reel's --negative-prompt spec)
     double recommend_negative_guidance = 0;  // reel.json's negative_guidance
@@ -294,21 +296,29 @@ void stage_tokenizer(const Options& o) {
 
 struct VaeBatch {
     at::Tensor video, mask;  // [B, 3, T, H, W], [B, 1, T, H, W]
+    at::Tensor contrast;     // [B, 1, T, H, W] shape_contrast_mask, when asked for
     // Per clip: the first object's colour and the background (Color / Background values), and whether the clip has
     // a single object (only those train the latent heads: a second object's colour would share the mask).
     std::vector<int64_t> colour, background, shape;
     std::vector<bool> single;
 };
 
-VaeBatch vae_batch(const std::vector<std::string>& prompts, int b, int t, std::mt19937_64& rng) {
+VaeBatch vae_batch(const std::vector<std::string>& prompts,
+                   int b,
+                   int t,
+                   std::mt19937_64& rng,
+                   bool with_contrast = false) {
     VaeBatch out;
-    std::vector<at::Tensor> vs, ms;
+    std::vector<at::Tensor> vs, ms, cs;
     for (int i = 0; i < b; ++i) {
         SceneSpec s = parse_prompt(prompts[rng() % prompts.size()]);
-        at::Tensor v, m;
-        render_clip(s, rng(), int64_t(rng() % 4096), t, &v, &m);
+        at::Tensor v, m, c;
+        // The same argument expressions as before contrast masks existed: the batches stay what they were.
+        render_clip_contrast(s, rng(), int64_t(rng() % 4096), t, &v, &m, with_contrast ? &c : nullptr);
         vs.push_back(v);
         ms.push_back(m);
+        if (with_contrast)
+            cs.push_back(c);
         out.colour.push_back(int64_t(s.objects[0].color));
         out.background.push_back(int64_t(s.background));
         out.shape.push_back(int64_t(s.objects[0].shape));
@@ -316,6 +326,8 @@ VaeBatch vae_batch(const std::vector<std::string>& prompts, int b, int t, std::m
     }
     out.video = at::stack(vs);
     out.mask = at::stack(ms);
+    if (with_contrast)
+        out.contrast = at::stack(cs);
     return out;
 }
 
@@ -360,6 +372,8 @@ at::Tensor object_loss_weight(const at::Tensor& mask, const Options& o) {
 VaeLosses vae_loss(const at::Tensor& rec, const VaeBatch& b, const Options& o, const at::Tensor& mu) {
     // Object pixels up-weighted: without it the AE settles on the background (METHODS.md, tinyworld prototype).
     at::Tensor w = object_loss_weight(b.mask, o);  // [B, 1, T, H, W]
+    if (o.contrast_weight > 0)
+        w = w + o.contrast_weight * b.contrast;
     at::Tensor d = rec - b.video;
     at::Tensor l1 = (w * d.abs()).mean() / w.mean();
     // Edges: L1 between the spatial finite differences, against blur (rounded squares, blobby triangles).
@@ -894,7 +908,7 @@ void stage_vae(const Options& o, double minutes) {
         const double ts = now_s();
         std::mt19937_64 rng(mix_seed(o.seed, 1, uint64_t(step)));
         at::Generator gen = make_gen(mix_seed(o.seed, 2, uint64_t(step)));
-        VaeBatch b = vae_batch(prompts, o.vae_batch, o.vae_frames, rng);
+        VaeBatch b = vae_batch(prompts, o.vae_batch, o.vae_frames, rng, o.contrast_weight > 0);
         TrainVae vae(params, cfg);
         at::Tensor mu;  // [B, z, 1 + (T-1)/4, 8, 8]
         {
@@ -1027,6 +1041,7 @@ void stage_vae(const Options& o, double minutes) {
 struct LatentSet {
     at::Tensor lat;                  // [N, F, C, h, w] normalized latents, pipeline layout
     at::Tensor obj;                  // [N, F, 1, h, w] 1 where the object touches the latent cell's pixels
+    at::Tensor contrast;             // [N, F, 1, h, w] latent_cell_share of shape_contrast_mask (--dit-contrast-weight)
     std::vector<int64_t> prompt_of;  // clip -> index into prompts
 };
 
@@ -1038,6 +1053,17 @@ at::Tensor latent_object_mask(const at::Tensor& m, int64_t stride) {
     at::Tensor rest = m.narrow(1, 1, t - 1).reshape({1, f - 1, 4, m.size(2), m.size(3)}).amax(2);
     at::Tensor g = at::cat({first, rest}, 1);                                       // [1, F, H, W]
     return at::max_pool2d(g, {stride, stride}).permute({1, 0, 2, 3}).contiguous();  // [F, 1, h, w]
+}
+
+// Pixel mask [1, T, H, W] -> the share of each latent cell's pixels it covers [F, 1, h, w], over the cell's frames
+// (frame 0 alone, then groups of 4, as latent_object_mask): a corner cell's share of a square's contrast with a
+// circle is a fraction, where latent_object_mask would mark the whole outline alike.
+at::Tensor latent_cell_share(const at::Tensor& m, int64_t stride) {
+    const int64_t t = m.size(1), f = 1 + (t - 1) / 4;
+    at::Tensor first = m.narrow(1, 0, 1);
+    at::Tensor rest = m.narrow(1, 1, t - 1).reshape({1, f - 1, 4, m.size(2), m.size(3)}).mean(2);
+    at::Tensor g = at::cat({first, rest}, 1);                                       // [1, F, H, W]
+    return at::avg_pool2d(g, {stride, stride}).permute({1, 0, 2, 3}).contiguous();  // [F, 1, h, w]
 }
 
 // Video [N, 3, T, H, W] -> the DiT's normalized latents [N, F, C, h, w] (pipeline layout), with the exported
@@ -1069,6 +1095,13 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
     TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
     const WanVaeConfig vcfg = detect_wan_vae_config(vw);
     const int64_t lat_hw = 64 / vcfg.spatial_stride();
+    const int t = int(1 + 4 * (f - 1));
+    const bool want_contrast = o.dit_contrast_weight > 0;
+    // Clip i: its pixels (and object mask, and with `contrast` its shape contrast), from (seed, i) alone.
+    auto render = [&](int64_t i, const SceneSpec& sc, at::Tensor* v, at::Tensor* m, at::Tensor* contrast) {
+        std::mt19937_64 rng(mix_seed(o.seed, 5, uint64_t(i)));
+        render_clip_contrast(sc, rng(), int64_t(rng() % 4096), t, v, m, contrast);
+    };
     if (file_exists(path)) {
         TensorMap m = load_safetensors(path);
         if (m.count("latents") && m.count("object") && m["latents"].size(1) == f && m["latents"].size(0) == n_clips &&
@@ -1079,13 +1112,32 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
             for (int64_t i = 0; i < p.size(0); ++i)
                 s.prompt_of.push_back(p[i].item<int64_t>());
             std::printf("dit: %lld cached latent clips from %s\n", (long long)s.lat.size(0), path.c_str());
+            if (m.count("contrast")) {
+                s.contrast = m["contrast"].clone();
+            } else if (want_contrast) {
+                // A cache made before contrast masks: render the clips again (no encoding), and check that they are
+                // the cached clips by their object masks.
+                std::vector<at::Tensor> cs;
+                for (int64_t i = 0; i < n_clips; ++i) {
+                    at::Tensor v, mk, c;
+                    render(i, parse_prompt(prompts[size_t(s.prompt_of[size_t(i)])]), &v, &mk, &c);
+                    if (!at::equal(latent_object_mask(mk, vcfg.spatial_stride()), s.obj[i]))
+                        throw std::runtime_error("dit: " + path + " holds other clips than --seed " +
+                                                 std::to_string(o.seed) + " renders; delete it to re-encode");
+                    cs.push_back(latent_cell_share(c, vcfg.spatial_stride()));
+                }
+                s.contrast = at::stack(cs);
+                m["contrast"] = s.contrast;
+                save_safetensors(path, m);
+                std::printf("dit: added shape-contrast masks to %s (mean %.4f of a cell)\n", path.c_str(),
+                            s.contrast.mean().item<double>());
+            }
             return s;
         }
     }
     torch::NoGradGuard ng;
     const LatentEncoder encode(vw, vcfg);
-    const int t = int(1 + 4 * (f - 1));
-    std::vector<at::Tensor> all, objs;
+    std::vector<at::Tensor> all, objs, cons;
     std::vector<at::Tensor> vs;
     std::vector<int64_t> pidx;
     const double t0 = now_s();
@@ -1099,11 +1151,11 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
         const size_t p = order[size_t(i) % order.size()];
         SceneSpec sc = parse_prompt(prompts[p]);
         {
-            std::mt19937_64 rng(mix_seed(o.seed, 5, uint64_t(i)));
-            at::Tensor v, m;
-            render_clip(sc, rng(), int64_t(rng() % 4096), t, &v, &m);
+            at::Tensor v, m, c;
+            render(i, sc, &v, &m, &c);
             vs.push_back(v);
             objs.push_back(latent_object_mask(m, vcfg.spatial_stride()));
+            cons.push_back(latent_cell_share(c, vcfg.spatial_stride()));
             pidx.push_back(int64_t(p));
             if (vs.size() == 8) {
                 all.push_back(encode(at::stack(vs)));
@@ -1119,9 +1171,11 @@ LatentSet build_latents(const Options& o, const std::vector<std::string>& prompt
         all.push_back(encode(at::stack(vs)));
     s.lat = at::cat(all, 0);
     s.obj = at::stack(objs);
+    s.contrast = at::stack(cons);
     s.prompt_of = pidx;
     make_dirs(o.state + "/cache");
-    save_safetensors(path, {{"latents", s.lat}, {"object", s.obj}, {"prompt", at::tensor(pidx)}});
+    save_safetensors(path,
+                     {{"latents", s.lat}, {"object", s.obj}, {"contrast", s.contrast}, {"prompt", at::tensor(pidx)}});
     std::printf("dit: encoded %lld clips of %d frames in %.0f s; latent std %.3f\n", (long long)s.lat.size(0), t,
                 now_s() - t0, s.lat.std().item<double>());
     return s;
@@ -1138,6 +1192,7 @@ struct CorrectedSet {
     at::Tensor ctx;                  // [S, 3 (chunks - 1), C, h, w] normalized latents: chunk 0, chunks k-2, k-1
     at::Tensor target;               // [S, 3, C, h, w] the world's chunk k, encoded by the VAE
     at::Tensor obj;                  // [S, 3, 1, h, w] its object cells
+    at::Tensor contrast;             // [S, 3, 1, h, w] its latent_cell_share of shape_contrast_mask
     std::vector<int64_t> prompt_of;  // sample -> index into prompts
     int64_t size() const { return ctx.defined() ? ctx.size(0) : 0; }
 };
@@ -1162,6 +1217,12 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
         s.ctx = m.at("context").clone();
         s.target = m.at("target").clone();
         s.obj = m.at("object").clone();
+        if (m.count("contrast"))
+            s.contrast = m.at("contrast").clone();
+        else if (o.dit_contrast_weight > 0)
+            throw std::runtime_error("--dit-contrast-weight: " + path +
+                                     " was made without shape-contrast masks; delete it (and " + meta +
+                                     ") to make the windows again");
         at::Tensor p = m.at("prompt");
         for (int64_t i = 0; i < p.size(0); ++i)
             s.prompt_of.push_back(p[i].item<int64_t>());
@@ -1191,7 +1252,7 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
         std::printf("dit: corrected targets: encoded in a %d-frame clip against deep in a long one: rms %.4f\n", clip_t,
                     (ea - eb).pow(2).mean().sqrt().item<double>());
     }
-    std::vector<at::Tensor> ctxs, vids, masks, targets, objs;
+    std::vector<at::Tensor> ctxs, vids, masks, contrasts, targets, objs, cons;
     std::vector<int64_t> pidx;
     int detected = 0, attempted = 0, colour_ok = 0, shape_ok = 0;
     auto flush = [&]() {
@@ -1200,8 +1261,11 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
         targets.push_back(encode(at::stack(vids)).narrow(1, tgt, 3));
         for (const auto& m : masks)
             objs.push_back(latent_object_mask(m, stride).narrow(0, tgt, 3));
+        for (const auto& c : contrasts)
+            cons.push_back(latent_cell_share(c, stride).narrow(0, tgt, 3));
         vids.clear();
         masks.clear();
+        contrasts.clear();
     };
     // Windows from chunk `first` on, where the window cache has moved past the video's start: the sink chunk, then
     // chunks - 2 recent ones before the chunk being made.
@@ -1234,6 +1298,7 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
                 render_world_clip(w, 0, clip_t, &v, &m);
                 vids.push_back(v);
                 masks.push_back(m);
+                contrasts.push_back(shape_contrast_mask(w, 0, clip_t, m));
                 std::vector<at::Tensor> ctx{lats[0]};
                 for (int j = k - (o.chunks - 2); j < k; ++j)
                     ctx.push_back(lats[size_t(j)]);
@@ -1256,9 +1321,14 @@ CorrectedSet build_corrected_set(const Options& o, const std::vector<std::string
     s.ctx = at::stack(ctxs);
     s.target = at::cat(targets, 0);
     s.obj = at::stack(objs);
+    s.contrast = at::stack(cons);
     s.prompt_of = pidx;
     make_dirs(o.state + "/cache");
-    save_safetensors(path, {{"context", s.ctx}, {"target", s.target}, {"object", s.obj}, {"prompt", at::tensor(pidx)}});
+    save_safetensors(path, {{"context", s.ctx},
+                            {"target", s.target},
+                            {"object", s.obj},
+                            {"contrast", s.contrast},
+                            {"prompt", at::tensor(pidx)}});
     write_text_atomic(meta, key.dump(2));
     std::printf(
         "dit: %lld world-corrected windows from %d rollouts of %s in %.0f s (object detected in %d of %d; "
@@ -1518,6 +1588,16 @@ void stage_dit(const Options& o, double minutes) {
     const uint64_t lat_h = uint64_t(data.lat.size(3)), lat_w = uint64_t(data.lat.size(4));
     // The first n_corr rows of every batch are world-corrected windows, trained on their last chunk only.
     const int64_t n_corr = corr.size() > 0 ? std::llround(double(o.dit_batch) * o.corrected_share) : 0;
+    const bool use_contrast = o.dit_contrast_weight > 0;
+    if (use_contrast) {
+        const at::Tensor on = data.obj > 0;
+        std::printf(
+            "dit: shape-contrast weight %.1f: %.1f%% of object cells have contrast, mean share %.3f there, "
+            "max %.3f\n",
+            o.dit_contrast_weight,
+            100.0 * (data.contrast.gt(0) & on).sum().item<double>() / std::max(1.0, on.sum().item<double>()),
+            data.contrast.masked_select(data.contrast > 0).mean().item<double>(), data.contrast.max().item<double>());
+    }
     const at::Tensor all_chunks = at::ones({win, 1, 1, 1}),
                      last_chunk = at::cat({at::zeros({win - kChunk}), at::ones({kChunk})}).view({win, 1, 1, 1}),
                      no_object = at::zeros({win - kChunk, 1, int64_t(lat_h), int64_t(lat_w)});
@@ -1536,7 +1616,7 @@ void stage_dit(const Options& o, double minutes) {
         std::mt19937_64 rng(mix_seed(o.seed, 3, uint64_t(step)));
         at::Generator gen = make_gen(mix_seed(o.seed, 4, uint64_t(step)));
         const int64_t B = o.dit_batch;
-        std::vector<at::Tensor> xs, ws, ms;
+        std::vector<at::Tensor> xs, ws, cs, ms;
         std::vector<TokenBatch> bt;
         std::vector<int64_t> row_shape;  // the clip's shape index per row (-1: several objects)
         // World-corrected windows: the rollout's own context, the world's target.
@@ -1545,6 +1625,8 @@ void stage_dit(const Options& o, double minutes) {
             const int64_t sh = int64_t(rng() % lat_h), sw = int64_t(rng() % lat_w);
             xs.push_back(at::cat({corr.ctx[c], corr.target[c]}).roll({sh, sw}, {2, 3}));
             ws.push_back(at::cat({no_object, corr.obj[c]}).roll({sh, sw}, {2, 3}));
+            if (use_contrast)
+                cs.push_back(at::cat({no_object, corr.contrast[c]}).roll({sh, sw}, {2, 3}));
             ms.push_back(last_chunk);
             const bool drop = o.text_drop > 0 && double(rng() % 1000000) / 1e6 < o.text_drop;
             bt.push_back(drop ? empty_tok : toks[size_t(corr.prompt_of[size_t(c)])]);
@@ -1578,6 +1660,8 @@ void stage_dit(const Options& o, double minutes) {
             };
             xs.push_back(window(data.lat[c]).roll({sh, sw}, {2, 3}));
             ws.push_back(window(data.obj[c]).roll({sh, sw}, {2, 3}));
+            if (use_contrast)
+                cs.push_back(window(data.contrast[c]).roll({sh, sw}, {2, 3}));
             const bool drop = o.text_drop > 0 && double(rng() % 1000000) / 1e6 < o.text_drop;
             bt.push_back(drop ? empty_tok : toks[size_t(data.prompt_of[size_t(c)])]);
             // Without its prompt a first chunk's shape is anyone's guess: those rows are not judged by shape.
@@ -1588,7 +1672,12 @@ void stage_dit(const Options& o, double minutes) {
         // loss is won by the background. The weights follow the clip's own object, so where the object's place is
         // uncertain they also pull the optimum towards painting it (a weighted mean or median).
         const at::Tensor obj_all = at::stack(ws);  // [B, F, 1, h, w]
-        at::Tensor wt = (1.0 + (o.dit_obj_weight - 1.0) * obj_all) * at::stack(ms);
+        at::Tensor wt = 1.0 + (o.dit_obj_weight - 1.0) * obj_all;
+        // --dit-contrast-weight: what tells the prompt's shape from the others is a few pixels of the object's
+        // outline, a small part of the loss even with the object weighted up; these cells weigh more by their share.
+        if (use_contrast)
+            wt = wt + o.dit_contrast_weight * at::stack(cs);
+        wt = wt * at::stack(ms);
         UMT5Encoder enc(text, tcfg, c10::kCPU, at::kFloat);
         WanDit model(dcfg, dit, c10::kCPU, at::kFloat);
         model.set_context(encode_text(enc, bt, o.text_len));
@@ -2205,6 +2294,10 @@ int main(int argc, char** argv) {
                    "pixels around the object that weigh --obj-weight too (0: the object alone, which swells the "
                    "decoded shapes into round blobs; 3-4 keeps their outline)")
         ->check(CLI::Range(0, 16));
+    app.add_option("--contrast-weight", o.contrast_weight,
+                   "VAE: extra L1 weight of the pixels where the clip would change were each object another shape "
+                   "in the same place (a square's corners, a circle's flanks; 0: off)")
+        ->check(CLI::Range(0.0, 1000.0));
     app.add_option("--edge-weight", o.edge_weight, "weight of the finite-difference (edge) L1 loss");
     app.add_option("--prompt-weight", o.prompt_weight,
                    "decoder: weight of an L1 pulling decoded --vae-distill rollouts to their prompt's background and "
@@ -2242,6 +2335,10 @@ int main(int argc, char** argv) {
     app.add_option("--dit-lr", o.dit_lr);
     app.add_option("--dit-obj-weight", o.dit_obj_weight,
                    "flow-matching loss weight of latent cells an object touches (1: unweighted)");
+    app.add_option("--dit-contrast-weight", o.dit_contrast_weight,
+                   "extra flow-matching loss weight of a latent cell, times the share of its pixels that would change "
+                   "were each object another shape in the same place (what tells the shapes apart; 0: off)")
+        ->check(CLI::Range(0.0, 1000.0));
     app.add_option("--dit-loss", o.dit_loss,
                    "DiT flow-matching loss: mse (its x0 estimate is the posterior mean) | l1 (the per-cell median: "
                    "commits to object or background where the mean blurs)")
