@@ -113,6 +113,11 @@ TEST_F(TrainTool, RecipeRunsResumesAndExportsAServableModel) {
     ASSERT_EQ(tool("--stage patch-rank", &log), 0) << log;
     EXPECT_NE(log.find("patch-rank: identity"), std::string::npos) << log;
     EXPECT_NE(log.find("span of the DiT's head"), std::string::npos) << log;
+    // The latent probe reads what the folder's DiT writes, too: its rollouts' latents, cached in the state.
+    ASSERT_EQ(tool("--stage latent-probe --probe-rollouts 3", &log), 0) << log;
+    EXPECT_NE(log.find("latent probe: 3 clips of DiT rollouts"), std::string::npos) << log;
+    EXPECT_NE(log.find("latent probe: shape, mlp"), std::string::npos) << log;
+    EXPECT_TRUE(exists(path("state/cache/dit_samples.safetensors")));
     // A deeper DiT grows from the folder's (in a copy of it: the VAE and tokenizer stay): the missing block starts
     // as an identity.
     std::filesystem::copy(path("model"), path("grown"));

@@ -102,6 +102,7 @@ struct Options {
     int dit_shape_steps = 400;       // steps that classifier trains (world renders and their VAE reconstructions)
     double dit_gan_weight = 0.0;     // hinge GAN loss on those decoded x0 estimates (object crops, shape-conditioned)
     int dit_gan_warmup = 100;        // discriminator-only steps before its loss reaches the DiT
+    int probe_rollouts = 0;          // --stage latent-probe: probe this many DiT rollouts instead of encoded clips
     int corrected_rollouts = 0;      // rollouts of the init model that world-corrected windows come from (0: none)
     int corrected_chunks = 40;       // chunks per such rollout
     int corrected_every = 4;         // a window every N chunks of it, from chunk 3 on
@@ -2099,9 +2100,39 @@ void stage_patch_rank(const Options& o) {
 // the background apart: per latent frame, the mean latent over the cells the object touches and over the others
 // (32 features), classified by softmax regression and by a 128-unit MLP fitted on 80% of the clips and scored on the
 // rest. The DiT can only draw the colours its latent space distinguishes, and the decoder only paint them.
+// Latents of --probe-rollouts rollouts of the --out folder's DiT (dit_sample_latents: its recommended settings,
+// training prompts), normalized as the DiT writes them, with the object cells of their decoded frames: pixels away from
+// the prompt's background, as render_world_clip marks a rendered clip's.
+LatentSet rollout_latent_set(const Options& o, const std::vector<std::string>& prompts) {
+    const int64_t f = int64_t(o.chunks) * kChunk + int64_t(o.latent_extra);
+    const at::Tensor mu = dit_sample_latents(o, o.out, o.probe_rollouts, f);  // [N, z, F, h, w] raw
+    torch::NoGradGuard ng;
+    const TensorMap vw = load_safetensors(o.out + "/vae.safetensors");
+    const WanVaeConfig vcfg = detect_wan_vae_config(vw);
+    const LatentEncoder vae(vw, vcfg);
+    LatentSet s;
+    s.lat = ((mu - vae.mean) * vae.inv_std).permute({0, 2, 1, 3, 4}).contiguous();  // [N, F, C, h, w]
+    const std::vector<size_t> ids = dit_sample_prompts(o, o.probe_rollouts);
+    std::vector<at::Tensor> objs;
+    for (int64_t i = 0; i < s.lat.size(0); ++i) {
+        const at::Tensor px = vae.decode(s.lat.narrow(0, i, 1)).clamp(-1, 1).add(1).mul(127.5)[0];  // [3, T, H, W]
+        const Rgb bg = background_rgb(parse_prompt(prompts[ids[size_t(i)]]).background);
+        const at::Tensor bgt = at::tensor({float(bg[0]), float(bg[1]), float(bg[2])}).view({3, 1, 1, 1});
+        objs.push_back(
+            latent_object_mask((px - bgt).abs().sum(0, true).gt(40.0f).to(at::kFloat), vcfg.spatial_stride()));
+        s.prompt_of.push_back(int64_t(ids[size_t(i)]));
+    }
+    s.obj = at::stack(objs);
+    return s;
+}
+
 void stage_latent_probe(const Options& o) {
     const std::vector<std::string> prompts = train_prompts();
-    LatentSet data = build_latents(o, prompts);
+    // The encoder's latents of rendered clips, or (--probe-rollouts) what the DiT writes: whether a decoder could
+    // tell the prompted shape from the DiT's latents at all.
+    LatentSet data = o.probe_rollouts > 0 ? rollout_latent_set(o, prompts) : build_latents(o, prompts);
+    std::printf("latent probe: %lld clips of %s\n", (long long)data.lat.size(0),
+                o.probe_rollouts > 0 ? "DiT rollouts" : "encoded world renders");
     const int64_t n = data.lat.size(0), f = data.lat.size(1);
     std::vector<int64_t> colour, background, shape;
     for (int64_t i = 0; i < n; ++i) {
@@ -2335,6 +2366,10 @@ int main(int argc, char** argv) {
     app.add_option("--dit-lr", o.dit_lr);
     app.add_option("--dit-obj-weight", o.dit_obj_weight,
                    "flow-matching loss weight of latent cells an object touches (1: unweighted)");
+    app.add_option("--probe-rollouts", o.probe_rollouts,
+                   "--stage latent-probe: probe the latents of this many rollouts of --out's DiT (its recommended "
+                   "settings, training prompts; cached) instead of the encoder's latents of rendered clips (0)")
+        ->check(CLI::Range(0, 100000));
     app.add_option("--dit-contrast-weight", o.dit_contrast_weight,
                    "extra flow-matching loss weight of a latent cell, times the share of its pixels that would change "
                    "were each object another shape in the same place (what tells the shapes apart; 0: off)")
