@@ -235,6 +235,13 @@ class GraphKVCache : public KVCache {
     std::vector<std::map<int64_t, Entry>> data_;
 };
 
+// Pixels clearly off the background colour: frames [3, T, H, W] in [0, 255] -> [1, T, H, W] in {0, 1}.
+inline at::Tensor object_pixel_mask(const at::Tensor& frames, Background background) {
+    const Rgb bg = background_rgb(background);
+    const at::Tensor bgt = at::tensor({float(bg[0]), float(bg[1]), float(bg[2])}).view({3, 1, 1, 1});
+    return ((frames - bgt).abs().sum(0, true) > 40.0f).to(at::kFloat);
+}
+
 // One world clip: frames [start, start + t) of world w -> [3, T, H, W] float in [-1, 1], plus the object
 // mask [1, T, H, W] (pixels clearly off the background colour) used to up-weight object pixels in the loss.
 inline void render_world_clip(const World& w, int64_t start, int t, at::Tensor* video, at::Tensor* mask) {
@@ -244,11 +251,8 @@ inline void render_world_clip(const World& w, int64_t start, int t, at::Tensor* 
     for (int i = 0; i < t; ++i)
         w.render(start + i, p + int64_t(i) * size * size * 3);
     at::Tensor f = rgb.to(at::kFloat).permute({3, 0, 1, 2}).contiguous();  // [3, T, H, W] in [0, 255]
-    if (mask) {
-        const Rgb bg = background_rgb(w.scene().background);
-        at::Tensor bgt = at::tensor({float(bg[0]), float(bg[1]), float(bg[2])}).view({3, 1, 1, 1});
-        *mask = ((f - bgt).abs().sum(0, true) > 40.0f).to(at::kFloat);  // [1, T, H, W]
-    }
+    if (mask)
+        *mask = object_pixel_mask(f, w.scene().background);  // [1, T, H, W]
     *video = f.div(127.5f).sub(1.0f);
 }
 

@@ -1046,25 +1046,24 @@ struct LatentSet {
     std::vector<int64_t> prompt_of;  // clip -> index into prompts
 };
 
-// Pixel object mask [1, T, H, W] (T = 1 + 4 (F - 1)) -> latent cells [F, 1, h, w]: frame 0 alone, then groups of 4
-// (the VAE's causal temporal grouping), max over each stride x stride patch.
-at::Tensor latent_object_mask(const at::Tensor& m, int64_t stride) {
+// Pixel frames [1, T, H, W] (T = 1 + 4 (F - 1)) -> latent frames [1, F, H, W]: frame 0 alone, then groups of 4 (the
+// VAE's causal temporal grouping), each group's max (`share` false) or mean.
+at::Tensor group_latent_frames(const at::Tensor& m, bool share) {
     const int64_t t = m.size(1), f = 1 + (t - 1) / 4;
-    at::Tensor first = m.narrow(1, 0, 1);
-    at::Tensor rest = m.narrow(1, 1, t - 1).reshape({1, f - 1, 4, m.size(2), m.size(3)}).amax(2);
-    at::Tensor g = at::cat({first, rest}, 1);                                       // [1, F, H, W]
-    return at::max_pool2d(g, {stride, stride}).permute({1, 0, 2, 3}).contiguous();  // [F, 1, h, w]
+    at::Tensor rest = m.narrow(1, 1, t - 1).reshape({1, f - 1, 4, m.size(2), m.size(3)});
+    return at::cat({m.narrow(1, 0, 1), share ? rest.mean(2) : rest.amax(2)}, 1);
 }
 
-// Pixel mask [1, T, H, W] -> the share of each latent cell's pixels it covers [F, 1, h, w], over the cell's frames
-// (frame 0 alone, then groups of 4, as latent_object_mask): a corner cell's share of a square's contrast with a
-// circle is a fraction, where latent_object_mask would mark the whole outline alike.
+// Pixel object mask [1, T, H, W] -> latent cells [F, 1, h, w]: 1 where any pixel of a cell's frames is set.
+at::Tensor latent_object_mask(const at::Tensor& m, int64_t stride) {
+    return at::max_pool2d(group_latent_frames(m, false), {stride, stride}).permute({1, 0, 2, 3}).contiguous();
+}
+
+// Pixel mask [1, T, H, W] -> the share of each latent cell's pixels it covers [F, 1, h, w], over the cell's frames: a
+// corner cell's share of a square's contrast with a circle is a fraction, where latent_object_mask would mark the
+// whole outline alike.
 at::Tensor latent_cell_share(const at::Tensor& m, int64_t stride) {
-    const int64_t t = m.size(1), f = 1 + (t - 1) / 4;
-    at::Tensor first = m.narrow(1, 0, 1);
-    at::Tensor rest = m.narrow(1, 1, t - 1).reshape({1, f - 1, 4, m.size(2), m.size(3)}).mean(2);
-    at::Tensor g = at::cat({first, rest}, 1);                                       // [1, F, H, W]
-    return at::avg_pool2d(g, {stride, stride}).permute({1, 0, 2, 3}).contiguous();  // [F, 1, h, w]
+    return at::avg_pool2d(group_latent_frames(m, true), {stride, stride}).permute({1, 0, 2, 3}).contiguous();
 }
 
 // Video [N, 3, T, H, W] -> the DiT's normalized latents [N, F, C, h, w] (pipeline layout), with the exported
@@ -2116,10 +2115,8 @@ LatentSet rollout_latent_set(const Options& o, const std::vector<std::string>& p
     std::vector<at::Tensor> objs;
     for (int64_t i = 0; i < s.lat.size(0); ++i) {
         const at::Tensor px = vae.decode(s.lat.narrow(0, i, 1)).clamp(-1, 1).add(1).mul(127.5)[0];  // [3, T, H, W]
-        const Rgb bg = background_rgb(parse_prompt(prompts[ids[size_t(i)]]).background);
-        const at::Tensor bgt = at::tensor({float(bg[0]), float(bg[1]), float(bg[2])}).view({3, 1, 1, 1});
-        objs.push_back(
-            latent_object_mask((px - bgt).abs().sum(0, true).gt(40.0f).to(at::kFloat), vcfg.spatial_stride()));
+        const Background bg = parse_prompt(prompts[ids[size_t(i)]]).background;
+        objs.push_back(latent_object_mask(object_pixel_mask(px, bg), vcfg.spatial_stride()));
         s.prompt_of.push_back(int64_t(ids[size_t(i)]));
     }
     s.obj = at::stack(objs);
